@@ -1,0 +1,39 @@
+"""angela-queue: a durable job queue that lives in PostgreSQL."""
+
+from __future__ import annotations
+
+from angela_queue.client import App
+from angela_queue.errors import (
+    AngelaQueueError,
+    ConfigurationError,
+    DatabaseError,
+    InvalidTask,
+    PayloadTooLarge,
+    Retry,
+    SchemaError,
+    TaskNotFound,
+    TaskNotRegistered,
+    UnknownQueue,
+)
+from angela_queue.settings import Settings
+from angela_queue.types import EnqueueRequest, Task, TaskState, Tier
+
+__all__ = [
+    "AngelaQueueError",
+    "App",
+    "ConfigurationError",
+    "DatabaseError",
+    "EnqueueRequest",
+    "InvalidTask",
+    "PayloadTooLarge",
+    "Retry",
+    "SchemaError",
+    "Settings",
+    "Task",
+    "TaskNotFound",
+    "TaskNotRegistered",
+    "TaskState",
+    "Tier",
+    "UnknownQueue",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,221 @@
+"""The App: handler registration and the producer side (sync and async enqueue)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from angela_queue import embedded, errors
+from angela_queue.registry import Handler, Registry, is_async_callable
+from angela_queue.settings import Settings
+from angela_queue.store import AsyncTaskStore, TaskStore
+from angela_queue.types import EnqueueRequest
+
+F = TypeVar("F", bound=Callable[..., Any])
+_REQUEST_FIELDS = {f.name for f in fields(EnqueueRequest)}
+
+
+class App:
+    """An angela-queue application: its settings, its handlers, and a way to enqueue.
+
+    Connections are opened lazily, so importing a module that builds an App costs nothing.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, dsn: str | None = None) -> None:
+        base = settings or Settings.load()
+        self.settings = base if dsn is None else Settings(**{**base.__dict__, "dsn": dsn})
+        self.registry = Registry()
+        self._dsn: str | None = self.settings.dsn
+        self._pool: ConnectionPool | None = None
+        self._async_pool: AsyncConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def task(
+        self, kind: str, *, transactional: bool = False, timeout_s: int | None = None,
+        max_attempts: int | None = None, queue: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register a sync or async handler for ``kind``; it receives a ``Task``.
+
+        ``transactional=True`` gives the handler ``task.conn``: its writes there commit
+        together with the task's completion, or not at all. ``timeout_s``, ``max_attempts``
+        and ``queue`` become the defaults of tasks of this kind enqueued through this App.
+        """
+
+        def register(func: F) -> F:
+            self.registry.add(Handler(kind=kind, func=func, is_async=is_async_callable(func),
+                                      transactional=transactional, timeout_s=timeout_s,
+                                      max_attempts=max_attempts, queue=queue))
+            return func
+
+        return register
+
+    # -- connections ------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The database to use: the configured DSN, else the embedded server (started now)."""
+        if self._dsn is None:
+            self._dsn = embedded.start(self.settings.pgdata)
+        return self._dsn
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new synchronous connection (the caller closes it)."""
+        return connect(self.dsn)
+
+    def _sync_pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self.settings.pool_size,
+                                            kwargs={"autocommit": True}, open=True)
+            return self._pool
+
+    async def _get_async_pool(self) -> AsyncConnectionPool:
+        if self._async_pool is None:
+            pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self.settings.pool_size,
+                                       kwargs={"autocommit": True}, open=False)
+            await pool.open()
+            self._async_pool = pool
+        return self._async_pool
+
+    def close(self) -> None:
+        """Close the synchronous pool (the async one closes with ``aclose``)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def aclose(self) -> None:
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
+        self.close()
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def request(self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
+                ) -> EnqueueRequest:
+        """Build a request, filling this App's defaults for the kind (pure)."""
+        unknown = set(options) - _REQUEST_FIELDS
+        if unknown:
+            raise TypeError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
+        if payload is not None and not isinstance(payload, Mapping):
+            raise errors.InvalidTask("payload must be a JSON object (a mapping)")
+        handler = self.registry._handlers.get(kind)
+        defaults: dict[str, Any] = {
+            "queue": (handler and handler.queue) or "default",
+            "max_attempts": (handler and handler.max_attempts) or self.settings.max_attempts,
+            "timeout_s": (handler and handler.timeout_s) or self.settings.timeout_s,
+        }
+        values = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        return EnqueueRequest(kind=kind, payload=dict(payload or {}), **values)
+
+    def enqueue(
+        self, kind: str, payload: Mapping[str, Any] | None = None, *,
+        priority: int = 5, queue: str | None = None, run_at: datetime | None = None,
+        dedupe_key: str | None = None, conn: psycopg.Connection[Any] | None = None,
+        **options: Any,
+    ) -> int:
+        """Enqueue one task; returns its id.
+
+        With ``conn``, the insert joins the caller's transaction (it commits or rolls back
+        with it). With ``dedupe_key``, a live task with that key is not duplicated: its id
+        is returned instead.
+        """
+        req = self.request(kind, payload, priority=priority, queue=queue, run_at=run_at,
+                           dedupe_key=dedupe_key, **options)
+        if conn is not None:
+            return _insert(TaskStore(conn), req)
+        with self._sync_pool().connection() as own:
+            return _insert(TaskStore(own), req)
+
+    async def enqueue_async(
+        self, kind: str, payload: Mapping[str, Any] | None = None, *,
+        priority: int = 5, queue: str | None = None, run_at: datetime | None = None,
+        dedupe_key: str | None = None, conn: psycopg.AsyncConnection[Any] | None = None,
+        **options: Any,
+    ) -> int:
+        """``enqueue`` for async code; ``conn`` is an async connection."""
+        req = self.request(kind, payload, priority=priority, queue=queue, run_at=run_at,
+                           dedupe_key=dedupe_key, **options)
+        if conn is not None:
+            return await _insert_async(AsyncTaskStore(conn), req)
+        pool = await self._get_async_pool()
+        async with pool.connection() as own:
+            return await _insert_async(AsyncTaskStore(own), req)
+
+    def enqueue_many(
+        self, items: Iterable[EnqueueRequest | Mapping[str, Any]], *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[int]:
+        """Enqueue many tasks in one transaction with COPY; returns their ids in order.
+
+        Items are ``EnqueueRequest`` or mappings with the same keys (``kind`` required).
+        All or nothing: one invalid task rejects the batch. Tasks with a ``dedupe_key``
+        take the row-by-row path (COPY cannot skip duplicates).
+        """
+        reqs = [self._as_request(i) for i in items]
+        if not reqs:
+            return []
+        if conn is not None:
+            return _insert_many(TaskStore(conn), reqs)
+        with self._sync_pool().connection() as own, own.transaction():
+            return _insert_many(TaskStore(own), reqs)
+
+    def _as_request(self, item: EnqueueRequest | Mapping[str, Any]) -> EnqueueRequest:
+        if isinstance(item, EnqueueRequest):
+            return item
+        data = dict(item)
+        if "kind" not in data:
+            raise errors.InvalidTask("each task needs a 'kind'")
+        kind = data.pop("kind")
+        return self.request(kind, data.pop("payload", None), **data)
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Connect, turning failures into one clear error that never shows a password."""
+    from angela_queue.settings import redact_dsn
+
+    try:
+        return psycopg.connect(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreachable"
+        raise errors.DatabaseError(
+            f"cannot connect to {redact_dsn(dsn)}: {reason}"
+        ) from None
+
+
+def _insert(store: TaskStore, req: EnqueueRequest) -> int:
+    for _ in range(3):
+        task_id = store.task_insert(req)
+        if task_id is not None:
+            return task_id
+        assert req.dedupe_key is not None
+        existing = store.task_get_live_by_dedupe_key(req.dedupe_key)
+        if existing is not None:
+            return existing
+    raise errors.DatabaseError(f"could not enqueue with dedupe_key {req.dedupe_key!r}")
+
+
+async def _insert_async(store: AsyncTaskStore, req: EnqueueRequest) -> int:
+    for _ in range(3):
+        task_id = await store.task_insert(req)
+        if task_id is not None:
+            return task_id
+        assert req.dedupe_key is not None
+        existing = await store.task_get_live_by_dedupe_key(req.dedupe_key)
+        if existing is not None:
+            return existing
+    raise errors.DatabaseError(f"could not enqueue with dedupe_key {req.dedupe_key!r}")
+
+
+def _insert_many(store: TaskStore, reqs: Sequence[EnqueueRequest]) -> list[int]:
+    if any(r.dedupe_key is not None for r in reqs):
+        return [_insert(store, r) for r in reqs]
+    return store.task_insert_many_copy(reqs)

@@ -1,0 +1,90 @@
+"""Exceptions raised by angela-queue.
+
+    AngelaQueueError
+    ├── ConfigurationError      bad settings, flags or DSN
+    ├── SchemaError             database not migrated, or at an unknown revision
+    ├── TaskNotRegistered       a kind with no handler in this App
+    ├── InvalidTask             the database refused the task (kind, priority, payload …)
+    │   ├── UnknownQueue        the queue does not exist
+    │   └── PayloadTooLarge     the payload is over the size limit
+    ├── TaskNotFound            no task with that id
+    └── DatabaseError           any other database failure (``__cause__`` keeps the original)
+
+Handler-facing control flow (not errors): ``Retry`` asks for another attempt later.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AngelaQueueError(Exception):
+    """An angela-queue operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(AngelaQueueError):
+    """The configuration is invalid."""
+
+
+class SchemaError(AngelaQueueError):
+    """The database schema is missing or out of date: run `angela-queue migrate`."""
+
+
+class TaskNotRegistered(AngelaQueueError):
+    """No handler is registered for this task kind."""
+
+    def __init__(self, kind: str, known: Iterable[str] = ()) -> None:
+        self.kind = kind
+        close = difflib.get_close_matches(kind, list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(f"no handler registered for kind {kind!r}{hint}")
+
+
+class InvalidTask(AngelaQueueError):
+    """The database rejected the task."""
+
+    def __init__(self, message: str | None = None, constraint: str | None = None) -> None:
+        self.constraint = constraint
+        super().__init__(message)
+
+
+class UnknownQueue(InvalidTask):
+    """The queue does not exist."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        super().__init__(
+            f"unknown queue {queue!r}: create it with `angela-queue queue set {queue}`"
+        )
+
+
+class PayloadTooLarge(InvalidTask):
+    """The payload is larger than the configured limit."""
+
+
+class TaskNotFound(AngelaQueueError):
+    """No task with this id exists."""
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+        super().__init__(f"no task with id {task_id}")
+
+
+class DatabaseError(AngelaQueueError):
+    """The database operation failed."""
+
+
+class Retry(Exception):  # noqa: N818 - control flow, named for what the handler asks
+    """Raised by a handler to ask for another attempt after ``delay_s`` seconds.
+
+    The attempt still counts toward ``max_attempts``.
+    """
+
+    def __init__(self, delay_s: float | None = None, reason: str = "retry requested") -> None:
+        self.delay_s = delay_s
+        self.reason = reason
+        super().__init__(reason)

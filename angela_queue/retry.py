@@ -1,0 +1,28 @@
+"""Retry policy: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, rand: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: uniform in [d/2, d], d = base × 2^(attempt−1).
+
+    Half the delay is kept so retries never bunch at zero; the other half is spread so that
+    many tasks failing together (a downstream outage) do not come back together.
+    """
+    delay = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    r = (rand or random).random()
+    return delay / 2 + r * delay / 2
+
+
+def next_attempt_at(
+    attempts: int, max_attempts: int, now: datetime, base_s: float, max_s: float,
+    delay_s: float | None = None, rand: random.Random | None = None,
+) -> datetime | None:
+    """When to run the next attempt, or None when the task has used all its attempts."""
+    if attempts >= max_attempts:
+        return None
+    delay = backoff_s(attempts, base_s, max_s, rand) if delay_s is None else max(0.0, delay_s)
+    return now + timedelta(seconds=delay)

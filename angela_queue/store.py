@@ -1,0 +1,282 @@
+"""The one seam to the database: a typed method per named query, errors translated here.
+
+``TaskStore`` (sync) and ``AsyncTaskStore`` (async) have identical method names. Both run
+on a connection they are given and never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
+
+from angela_queue import errors
+from angela_queue.sql import QUERIES as Q
+from angela_queue.types import EnqueueRequest, Task
+
+NOTIFY_CHANNEL = "angela_queue"
+COPY_COLUMNS = 11
+
+# Friendly messages for the CHECK constraints a producer can trip.
+_CONSTRAINT_MESSAGES = {
+    "tasks_kind_check": "invalid kind: use a lowercase dotted identifier like 'conversation.analyze'",
+    "tasks_priority_check": "priority must be between 1 and 10",
+    "tasks_payload_check": "payload must be a JSON object",
+    "tasks_max_attempts_check": "max_attempts must be between 1 and 1000",
+    "tasks_timeout_s_check": "timeout_s must be between 1 and 604800 seconds",
+    "tasks_dedupe_key_check": "dedupe_key must be at most 500 characters",
+    "queues_name_check": "invalid queue name: lowercase letters, digits, '_', '.', '-'",
+    "queues_aging_rate_check": "aging_rate must be between 0 and 60 points per minute",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one attempt, ready to be written (see task_complete_many/task_fail_many)."""
+
+    task_id: int
+    attempts: int
+    succeeded: bool
+    result: Any = None
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+@contextlib.contextmanager
+def translate_errors(queue: str | None = None) -> Iterator[None]:
+    """Turn psycopg errors into angela-queue errors, keyed by SQLSTATE and constraint."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc, queue) from exc
+
+
+def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueueError:
+    """The domain error for a database error."""
+    diag = exc.diag
+    message = diag.message_primary or str(exc)
+    if exc.sqlstate == "AQ001":
+        return errors.UnknownQueue(queue or message)
+    if exc.sqlstate == "AQ003":
+        return errors.PayloadTooLarge(message)
+    if isinstance(exc, pg_errors.CheckViolation | pg_errors.NotNullViolation):
+        constraint = diag.constraint_name
+        text = _CONSTRAINT_MESSAGES.get(constraint or "", message)
+        return errors.InvalidTask(text, constraint=constraint)
+    if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
+        return errors.SchemaError()
+    if isinstance(exc, pg_errors.InvalidTextRepresentation | pg_errors.NumericValueOutOfRange):
+        return errors.InvalidTask(message)
+    return errors.DatabaseError(message)
+
+
+def insert_params(req: EnqueueRequest) -> dict[str, Any]:
+    """Parameters of task_insert for one request (pure)."""
+    return {
+        "queue": req.queue,
+        "kind": req.kind,
+        "payload": Jsonb(req.payload),
+        "priority": req.priority,
+        "run_at": req.run_at,
+        "enqueued_at": req.enqueued_at,
+        "max_attempts": req.max_attempts,
+        "timeout_s": req.timeout_s,
+        "batch_key": req.batch_key,
+        "dedupe_key": req.dedupe_key,
+    }
+
+
+def copy_row(task_id: int, req: EnqueueRequest) -> tuple[Any, ...]:
+    """One COPY row of task_insert_many_copy (pure)."""
+    return (task_id, req.queue, req.kind, Jsonb(req.payload), req.priority, req.run_at,
+            req.enqueued_at, req.max_attempts, req.timeout_s, req.batch_key, req.dedupe_key)
+
+
+def complete_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "worker_id": worker_id,
+        "ids": [o.task_id for o in outcomes],
+        "attempts": [o.attempts for o in outcomes],
+        "results": [None if o.result is None else Jsonb(o.result) for o in outcomes],
+    }
+
+
+def fail_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "worker_id": worker_id,
+        "ids": [o.task_id for o in outcomes],
+        "attempts": [o.attempts for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "retry_ats": [o.retry_at for o in outcomes],
+    }
+
+
+def claim_params(
+    worker_id: int, queues: Sequence[str], kinds: Sequence[str], limit: int,
+    now: datetime | None,
+) -> dict[str, Any]:
+    return {"worker_id": worker_id, "queues": list(queues), "kinds": list(kinds),
+            "limit": limit, "now": now}
+
+
+class TaskStore:
+    """Synchronous store on one psycopg connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def task_insert(self, req: EnqueueRequest) -> int | None:
+        """Insert one task; None when a live task has the same dedupe_key."""
+        with translate_errors(req.queue):
+            row = self.conn.execute(Q["task_insert"], insert_params(req)).fetchone()
+        return None if row is None else int(row[0])
+
+    def task_get_live_by_dedupe_key(self, dedupe_key: str) -> int | None:
+        row = self.conn.execute(Q["task_get_live_by_dedupe_key"],
+                                {"dedupe_key": dedupe_key}).fetchone()
+        return None if row is None else int(row[0])
+
+    def task_insert_many_copy(self, reqs: Sequence[EnqueueRequest]) -> list[int]:
+        """Insert many tasks with COPY; returns their ids in order."""
+        with translate_errors(reqs[0].queue if reqs else None):
+            ids = [int(r[0]) for r in
+                   self.conn.execute(Q["task_reserve_ids"], {"n": len(reqs)}).fetchall()]
+            with self.conn.cursor().copy(Q["task_insert_many_copy"]) as copy:
+                for task_id, req in zip(ids, reqs, strict=True):
+                    copy.write_row(copy_row(task_id, req))
+        return ids
+
+    def task_complete_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
+        """Mark tasks succeeded; returns the ids that were still ours (fencing)."""
+        with translate_errors():
+            rows = self.conn.execute(Q["task_complete_many"],
+                                     complete_params(worker_id, outcomes)).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def task_get(self, task_id: int) -> dict[str, Any]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(Q["task_get"], {"id": task_id}).fetchone()
+        if row is None:
+            raise errors.TaskNotFound(task_id)
+        return row
+
+    def queue_get(self, name: str) -> dict[str, Any] | None:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(Q["queue_get"], {"name": name}).fetchone()
+
+    def queue_list(self) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(Q["queue_list"]).fetchall()
+
+    def queue_upsert(
+        self, name: str, aging_rate: float | None = None, paused: bool | None = None
+    ) -> dict[str, Any]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(Q["queue_upsert"],
+                              {"name": name, "aging_rate": aging_rate, "paused": paused}).fetchone()
+        assert row is not None
+        return row
+
+    def status_queues(self) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(Q["status_queues"]).fetchall()
+
+    def status_workers(self) -> list[dict[str, Any]]:
+        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(Q["status_workers"]).fetchall()
+
+    def worker_heartbeat(self, params: dict[str, Any]) -> bool | None:
+        """Beat; returns stop_requested, or None when the row is gone or dead."""
+        with translate_errors():
+            row = self.conn.execute(Q["worker_heartbeat"], params).fetchone()
+        return None if row is None else bool(row[0])
+
+    def worker_mark_dead(self, worker_id: int) -> None:
+        with translate_errors():
+            self.conn.execute(Q["worker_mark_dead"], {"id": worker_id})
+
+
+class AsyncTaskStore:
+    """Asynchronous store on one psycopg async connection (the worker's hot path)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def task_insert(self, req: EnqueueRequest) -> int | None:
+        with translate_errors(req.queue):
+            cur = await self.conn.execute(Q["task_insert"], insert_params(req))
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])
+
+    async def task_get_live_by_dedupe_key(self, dedupe_key: str) -> int | None:
+        cur = await self.conn.execute(Q["task_get_live_by_dedupe_key"],
+                                      {"dedupe_key": dedupe_key})
+        row = await cur.fetchone()
+        return None if row is None else int(row[0])
+
+    async def task_claim(
+        self, worker_id: int, queues: Sequence[str], kinds: Sequence[str], limit: int,
+        now: datetime | None = None,
+    ) -> list[Task]:
+        """Claim up to ``limit`` due tasks in effective-priority order (see queries.sql)."""
+        with translate_errors():
+            async with self.conn.cursor(row_factory=class_row(Task)) as cur:
+                await cur.execute(Q["task_claim"],
+                                  claim_params(worker_id, queues, kinds, limit, now))
+                return await cur.fetchall()
+
+    async def task_complete_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
+        """Mark tasks succeeded; returns the ids that were still ours (fencing)."""
+        with translate_errors():
+            cur = await self.conn.execute(Q["task_complete_many"],
+                                          complete_params(worker_id, outcomes))
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def task_fail_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
+        """Record failures (retry or final); returns the ids that were still ours."""
+        with translate_errors():
+            cur = await self.conn.execute(Q["task_fail_many"], fail_params(worker_id, outcomes))
+            return {int(r[0]) for r in await cur.fetchall()}
+
+    async def task_promote_due(self, limit: int = 1000) -> list[str]:
+        """Move due scheduled tasks into the claim path; returns the queues that got work."""
+        with translate_errors():
+            cur = await self.conn.execute(Q["task_promote_due"], {"limit": limit})
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    async def queue_count_ready(self, queues: Sequence[str], cap: int) -> int:
+        with translate_errors():
+            cur = await self.conn.execute(Q["queue_count_ready"],
+                                          {"queues": list(queues), "cap": cap})
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def queue_get(self, name: str) -> dict[str, Any] | None:
+        with translate_errors():
+            async with self.conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(Q["queue_get"], {"name": name})
+                return await cur.fetchone()
+
+    async def worker_register(
+        self, hostname: str, pid: int, queues: Sequence[str], kinds: Sequence[str],
+        concurrency: int,
+    ) -> int:
+        with translate_errors():
+            cur = await self.conn.execute(Q["worker_register"], {
+                "hostname": hostname, "pid": pid, "queues": list(queues), "kinds": list(kinds),
+                "concurrency": concurrency})
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def worker_mark_dead(self, worker_id: int) -> None:
+        with translate_errors():
+            await self.conn.execute(Q["worker_mark_dead"], {"id": worker_id})
+

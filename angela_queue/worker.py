@@ -1,0 +1,292 @@
+"""Worker: register → loop (promote due, claim up to free slots, run, record) → graceful stop.
+
+One asyncio loop per process owns one connection for claims and outcomes; a second one
+LISTENs for new work. Outcomes are written in batches right before the next claim, so a
+busy worker pays about two statements per batch of tasks, and an idle one nothing but a
+capped count at each poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from angela_queue import errors
+from angela_queue.client import App
+from angela_queue.execution import TaskRunner
+from angela_queue.heartbeat import Heartbeater, WorkerCounters
+from angela_queue.store import NOTIFY_CHANNEL, AsyncTaskStore, Outcome
+from angela_queue.types import Task
+
+log = logging.getLogger("angela_queue.worker")
+
+PROMOTE_EVERY_S = 0.25
+BUSY_PENDING = 20
+NORMAL_PENDING = 5
+
+
+def poll_interval(pending: int, busy_s: float, normal_s: float, idle_s: float) -> float:
+    """Adaptive poll (DESIGN.md §4): 0.1 s above 20 pending, 0.5 s above 5, else 1 s."""
+    if pending > BUSY_PENDING:
+        return busy_s
+    if pending > NORMAL_PENDING:
+        return normal_s
+    return idle_s
+
+
+class Worker:
+    """One worker process's engine. ``run()`` returns after a graceful stop."""
+
+    def __init__(
+        self, app: App, *, queues: tuple[str, ...] | None = None, concurrency: int | None = None,
+        listen: bool | None = None,
+    ) -> None:
+        if len(app.registry) == 0:
+            raise errors.ConfigurationError("the app has no task handlers registered")
+        s = app.settings
+        self.app = app
+        self.settings = s
+        self.queues = tuple(queues or s.queues)
+        self.concurrency = concurrency or s.concurrency
+        self.listen = s.listen if listen is None else listen
+        self.kinds = app.registry.kinds()
+        self.worker_id: int | None = None
+        self.counters = WorkerCounters()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._outcomes: list[Outcome] = []
+        self._stop_reason = ""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Stop claiming and finish running tasks (thread-safe through the loop)."""
+        if not self._stopping.is_set():
+            log.info("worker %s stopping: %s", self.worker_id, reason)
+            self._stop_reason = reason
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        dsn = self.app.dsn
+        conn = await _connect(dsn)
+        store = AsyncTaskStore(conn)
+        for queue in self.queues:
+            if await store.queue_get(queue) is None:
+                await conn.close()
+                raise errors.UnknownQueue(queue)
+        self.worker_id = await store.worker_register(
+            socket.gethostname(), os.getpid(), self.queues, self.kinds, self.concurrency)
+        log.info("worker %s started: pid %s, queues %s, kinds %s, concurrency %s, listen %s",
+                 self.worker_id, os.getpid(), ",".join(self.queues), ",".join(self.kinds),
+                 self.concurrency, self.listen)
+        loop = asyncio.get_running_loop()
+        heart = Heartbeater(dsn, self.worker_id, self.counters, self.settings.heartbeat_s,
+                            lambda why: loop.call_soon_threadsafe(self.request_stop, why))
+        heart.start()
+        threads = ThreadPoolExecutor(max_workers=self.concurrency,
+                                     thread_name_prefix="angela-queue-task")
+        async_pool, sync_pool = self._transactional_pools(dsn)
+        if async_pool is not None:
+            await async_pool.open()
+        runner = TaskRunner(self.settings, self.worker_id, threads, async_pool, sync_pool)
+        listener = asyncio.create_task(self._listen(dsn)) if self.listen else None
+        try:
+            conn = await self._loop(conn, runner)
+            await self._drain(conn)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+            heart.stop()
+            with contextlib.suppress(psycopg.Error, errors.AngelaQueueError):
+                await AsyncTaskStore(conn).worker_mark_dead(self.worker_id)
+            await conn.close()
+            if async_pool is not None:
+                await async_pool.close()
+            if sync_pool is not None:
+                sync_pool.close()
+            threads.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.worker_id)
+
+    def _transactional_pools(
+        self, dsn: str
+    ) -> tuple[AsyncConnectionPool | None, ConnectionPool | None]:
+        handlers = [h for h in self.app.registry if h.transactional]
+        size = max(1, self.concurrency)
+        async_pool = sync_pool = None
+        if any(h.is_async for h in handlers):
+            async_pool = AsyncConnectionPool(dsn, min_size=1, max_size=size, open=False)
+        if any(not h.is_async for h in handlers):
+            sync_pool = ConnectionPool(dsn, min_size=1, max_size=size, open=True)
+        return async_pool, sync_pool
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _loop(self, conn: psycopg.AsyncConnection[Any], runner: TaskRunner
+                    ) -> psycopg.AsyncConnection[Any]:
+        last_promote = 0.0
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                store = AsyncTaskStore(conn)
+                await self._flush(store)
+                if time.monotonic() - last_promote >= PROMOTE_EVERY_S:
+                    last_promote = time.monotonic()
+                    await store.task_promote_due()
+                free = self.concurrency - len(self._running)
+                claimed: list[Task] = []
+                if free > 0:
+                    claimed = await store.task_claim(self.worker_id or 0, self.queues,
+                                                     self.kinds, free)
+                    for task in claimed:
+                        self._start(runner, task)
+                backoff = 0.1
+                if free > 0 and len(claimed) == free:
+                    continue  # more may be waiting: claim again at once
+                if free <= 0:
+                    await self._wait(None)  # every slot busy: a finished task wakes us
+                    continue
+                pending = await store.queue_count_ready(self.queues, BUSY_PENDING + 1)
+                await self._wait(poll_interval(pending, self.settings.poll_busy_s,
+                                               self.settings.poll_normal_s,
+                                               self.settings.poll_idle_s))
+            except (psycopg.OperationalError, errors.DatabaseError) as exc:
+                log.warning("database connection lost (%s); reconnecting in %.1f s",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
+                            backoff)
+                await self._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, 5.0)
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                with contextlib.suppress(psycopg.OperationalError):
+                    conn = await _connect(self.app.dsn)
+        return conn
+
+    async def _wait(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _start(self, runner: TaskRunner, task: Task) -> None:
+        self.counters.started(task.id)
+        self._running[task.id] = asyncio.create_task(self._execute(runner, task),
+                                                     name=f"task-{task.id}")
+
+    async def _execute(self, runner: TaskRunner, task: Task) -> None:
+        outcome: Outcome | None = runner.failure(task, "worker error: the handler never returned")
+        try:
+            outcome = await runner.run(self.app.registry.get(task.kind), task)
+        except asyncio.CancelledError:
+            outcome = runner.failure(task, "Cancelled: the worker shut down before it finished")
+            raise
+        finally:
+            self._running.pop(task.id, None)
+            succeeded = outcome is None or outcome.succeeded
+            ms = self.counters.finished(task.id, succeeded)
+            if outcome is not None:
+                self._outcomes.append(outcome)
+            if not succeeded and outcome is not None:
+                log.warning("task %s (%s) attempt %s/%s failed in %.0f ms%s: %s", task.id,
+                            task.kind, task.attempts, task.max_attempts, ms,
+                            "; will retry" if outcome.retry_at else "; giving up",
+                            (outcome.error or "").strip().splitlines()[-1])
+            self._wake.set()
+
+    async def _flush(self, store: AsyncTaskStore) -> None:
+        """Write buffered outcomes: one statement for successes, one for failures."""
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        try:
+            done = [o for o in batch if o.succeeded]
+            failed = [o for o in batch if not o.succeeded]
+            kept: set[int] = set()
+            if done:
+                kept |= await store.task_complete_many(self.worker_id or 0, done)
+            if failed:
+                kept |= await store.task_fail_many(self.worker_id or 0, failed)
+        except BaseException:
+            self._outcomes = batch + self._outcomes  # written on the next try
+            raise
+        for lost in {o.task_id for o in batch} - kept:
+            log.warning("late result of task %s ignored: it was reclaimed meanwhile", lost)
+
+    async def _drain(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Graceful stop: let running tasks finish within the grace period, then record."""
+        if self._running:
+            log.info("waiting up to %.0f s for %d running task(s)",
+                     self.settings.shutdown_grace_s, len(self._running))
+            _, late = await asyncio.wait(list(self._running.values()),
+                                         timeout=self.settings.shutdown_grace_s)
+            for t in late:
+                t.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
+        for attempt in range(5):
+            try:
+                await self._flush(AsyncTaskStore(conn))
+                return
+            except (psycopg.OperationalError, errors.DatabaseError):
+                await asyncio.sleep(0.2 * (attempt + 1))
+                with contextlib.suppress(psycopg.OperationalError):
+                    conn = await _connect(self.app.dsn)
+        log.error("could not record %d outcome(s); the reaper will reclaim them",
+                  len(self._outcomes))
+
+    async def _listen(self, dsn: str) -> None:
+        """LISTEN for new work; reconnects with backoff when the connection drops."""
+        backoff = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as lconn:
+                    await lconn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    backoff = 0.1
+                    self._wake.set()  # catch up on anything inserted while not listening
+                    async for note in lconn.notifies():
+                        if note.payload in self.queues:
+                            self._wake.set()
+            except psycopg.OperationalError as exc:
+                log.warning("listener connection lost (%s); reconnecting",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else "?")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        from angela_queue.settings import redact_dsn
+
+        raise errors.DatabaseError(f"cannot connect to {redact_dsn(dsn)}") from exc
+
+
+def run_worker(app: App, *, queues: tuple[str, ...] | None = None,
+               concurrency: int | None = None, listen: bool | None = None) -> None:
+    """Run a worker until SIGTERM/SIGINT, then stop gracefully (the CLI's entry point)."""
+    worker = Worker(app, queues=queues, concurrency=concurrency, listen=listen)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.request_stop, f"signal {sig.name}")
+        await worker.run()
+
+    asyncio.run(main())

@@ -1,0 +1,150 @@
+"""The database is the API: a raw INSERT is a complete, valid task (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+
+
+def insert(conn, columns: str, values: str, params=()):
+    return conn.execute(
+        f"INSERT INTO angela_queue.tasks ({columns}) VALUES ({values}) RETURNING *", params
+    ).fetchone()
+
+
+def test_raw_insert_with_only_kind_gets_every_default(conn):
+    conn.row_factory = psycopg.rows.dict_row
+    with conn.transaction():
+        row = insert(conn, "kind", "'conversation.analyze'")
+        now = conn.execute("SELECT now() AS now").fetchone()["now"]
+    assert row["queue"] == "default"
+    assert row["payload"] == {}
+    assert row["priority"] == 5
+    assert row["boost"] == 0
+    assert row["tier"] == "medium"
+    assert row["status"] == "pending"
+    assert row["attempts"] == 0
+    assert row["max_attempts"] == 5
+    assert row["timeout_s"] == 60
+    assert row["batch_key"] == "conversation.analyze"
+    assert row["ready"] is True
+    assert row["enqueued_at"] == now and row["run_at"] == now
+    assert row["deadline_at"] == now + timedelta(minutes=5)
+    assert row["worker_id"] is None and row["started_at"] is None and row["finished_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("priority", "tier", "target"),
+    [(10, "critical", timedelta(seconds=1)), (9, "critical", timedelta(seconds=1)),
+     (8, "high", timedelta(minutes=1)), (7, "high", timedelta(minutes=1)),
+     (6, "medium", timedelta(minutes=5)), (5, "medium", timedelta(minutes=5)),
+     (4, "low", timedelta(minutes=30)), (1, "low", timedelta(minutes=30))],
+)
+def test_tier_and_deadline_follow_the_priority(conn, priority, tier, target):
+    row = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, priority) VALUES ('a.b', %s)"
+        " RETURNING tier, deadline_at - enqueued_at", (priority,)).fetchone()
+    assert row == (tier, target)
+
+
+@pytest.mark.parametrize("priority", [0, 11, -3])
+def test_priority_out_of_range_is_rejected(conn, priority):
+    with pytest.raises(pg_errors.CheckViolation) as exc:
+        insert(conn, "kind, priority", "'a.b', %s", (priority,))
+    assert exc.value.diag.constraint_name == "tasks_priority_check"
+
+
+@pytest.mark.parametrize("kind", ["", "Bad.Kind", "1abc", "a..b", "a.b.", "has space", "a-b"])
+def test_invalid_kind_is_rejected(conn, kind):
+    with pytest.raises(pg_errors.CheckViolation) as exc:
+        insert(conn, "kind", "%s", (kind,))
+    assert exc.value.diag.constraint_name == "tasks_kind_check"
+
+
+def test_missing_kind_is_rejected(conn):
+    with pytest.raises(pg_errors.NotNullViolation):
+        conn.execute("INSERT INTO angela_queue.tasks (priority) VALUES (3)")
+
+
+@pytest.mark.parametrize("payload", ["[1, 2]", '"text"', "42", "null"])
+def test_payload_must_be_an_object(conn, payload):
+    with pytest.raises(pg_errors.CheckViolation) as exc:
+        insert(conn, "kind, payload", "'a.b', %s::jsonb", (payload,))
+    assert exc.value.diag.constraint_name == "tasks_payload_check"
+
+
+def test_unknown_queue_fails_with_its_own_sqlstate(conn):
+    with pytest.raises(psycopg.Error) as exc:
+        insert(conn, "kind, queue", "'a.b', 'nope'")
+    assert exc.value.sqlstate == "AQ001"
+    assert "nope" in (exc.value.diag.message_primary or "")
+
+
+def test_payload_over_the_limit_fails_with_its_own_sqlstate(conn):
+    conn.execute("SET angela_queue.max_payload_bytes = '1000'")
+    insert(conn, "kind, payload", "'a.b', %s::jsonb", ('{"x": "' + "y" * 500 + '"}',))
+    with pytest.raises(psycopg.Error) as exc:
+        insert(conn, "kind, payload", "'a.b', jsonb_build_object('x', repeat('y', 5000))")
+    assert exc.value.sqlstate == "AQ003"
+
+
+def test_default_payload_limit_is_one_mebibyte(conn):
+    big = "y" * (1024 * 1024 + 10)
+    with pytest.raises(psycopg.Error) as exc:
+        insert(conn, "kind, payload", "'a.b', jsonb_build_object('x', %s::text)", (big,))
+    assert exc.value.sqlstate == "AQ003"
+
+
+def test_scheduled_task_stays_out_of_the_claim_path_and_ages_from_run_at(conn):
+    ready, aging_from, run_at = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('a.b', now() + interval '1 hour')"
+        " RETURNING ready, aging_from, run_at").fetchone()
+    assert ready is False
+    assert aging_from == run_at
+
+
+def test_backdated_enqueued_at_counts_for_aging(conn):
+    aging_from, enqueued_at = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, enqueued_at)"
+        " VALUES ('a.b', now() - interval '40 minutes') RETURNING aging_from, enqueued_at"
+    ).fetchone()
+    assert aging_from == enqueued_at
+
+
+def test_boost_rules_apply_at_insert_and_errors_count_as_no_match(conn):
+    conn.execute("INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
+                 " VALUES ('urgent', '$.text like_regex \"urgent\" flag \"i\"', 3),"
+                 " ('weird', '$.n > 5', 1)")
+    boost, tier = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, payload, priority)"
+        " VALUES ('a.b', '{\"text\": \"URGENT please\", \"n\": \"not a number\"}', 5)"
+        " RETURNING boost, tier").fetchone()
+    assert (boost, tier) == (3, "high")
+
+
+def test_dedupe_key_is_unique_among_live_tasks_only(conn):
+    conn.execute("INSERT INTO angela_queue.tasks (kind, dedupe_key) VALUES ('a.b', 'k1')")
+    with pytest.raises(pg_errors.UniqueViolation):
+        conn.execute("INSERT INTO angela_queue.tasks (kind, dedupe_key) VALUES ('a.b', 'k1')")
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded' WHERE dedupe_key = 'k1'")
+    conn.execute("INSERT INTO angela_queue.tasks (kind, dedupe_key) VALUES ('a.b', 'k1')")
+
+
+def test_raw_insert_notifies_listeners_with_the_queue(dsn, conn):
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN angela_queue")
+        conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('a.b')")
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.payload for n in notes] == ["default"]
+
+
+def test_scheduled_insert_does_not_notify(dsn, conn):
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN angela_queue")
+        conn.execute("INSERT INTO angela_queue.tasks (kind, run_at)"
+                     " VALUES ('a.b', now() + interval '1 hour')")
+        notes = list(listener.notifies(timeout=0.3))
+    assert notes == []
