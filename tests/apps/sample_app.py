@@ -1,0 +1,73 @@
+"""Handlers used by the end-to-end tests; each run is recorded in the table test_runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from angela_queue import App, Task
+
+app = App()
+_local = threading.local()
+
+CREATE_RUNS = """CREATE TABLE IF NOT EXISTS test_runs (
+    task_id bigint NOT NULL, attempt int NOT NULL, pid int NOT NULL, at timestamptz DEFAULT now())"""
+
+
+def _conn() -> psycopg.Connection[Any]:
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed:
+        conn = psycopg.connect(app.dsn, autocommit=True)
+        _local.conn = conn
+    return conn
+
+
+def _record(task: Task, conn: psycopg.Connection[Any] | None = None) -> None:
+    (conn or _conn()).execute("INSERT INTO test_runs (task_id, attempt, pid) VALUES (%s, %s, %s)",
+                              (task.id, task.attempts, os.getpid()))
+
+
+@app.task("test.record")
+def record(task: Task) -> dict[str, int]:
+    _record(task)
+    return {"pid": os.getpid()}
+
+
+@app.task("test.noop")
+def noop(task: Task) -> None:
+    return None
+
+
+@app.task("test.async_record")
+async def async_record(task: Task) -> None:
+    await asyncio.to_thread(_record, task)
+
+
+@app.task("test.fail")
+def fail(task: Task) -> None:
+    _record(task)
+    raise ValueError(f"boom on attempt {task.attempts}")
+
+
+@app.task("test.slow")
+def slow(task: Task) -> None:
+    time.sleep(float(task.payload.get("seconds", 1.0)))
+    _record(task)
+
+
+@app.task("test.async_slow")
+async def async_slow(task: Task) -> None:
+    await asyncio.sleep(float(task.payload.get("seconds", 1.0)))
+    await asyncio.to_thread(_record, task)
+
+
+@app.task("test.tx", transactional=True)
+def tx(task: Task) -> None:
+    _record(task, task.conn)
+    if task.payload.get("fail"):
+        raise RuntimeError("rolled back")

@@ -1,0 +1,160 @@
+"""Real worker processes against real PostgreSQL: drain, retry, SIGTERM, NOTIFY wake-up."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from angela_queue import App, Settings
+from tests.apps.sample_app import CREATE_RUNS
+from tests.e2e.helpers import start_worker, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def runs(conn):
+    conn.execute(CREATE_RUNS)
+    return conn
+
+
+def count(conn, where: str = "true") -> int:
+    return conn.execute(f"SELECT count(*) FROM angela_queue.tasks WHERE {where}").fetchone()[0]
+
+
+def test_four_workers_drain_3000_tasks_each_exactly_once(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    ids = app.enqueue_many([{"kind": "test.record", "priority": 1 + i % 10} for i in range(3000)])
+    app.close()
+    workers = [start_worker(dsn, "--concurrency", "8") for _ in range(4)]
+    try:
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 3000, timeout=90)
+    finally:
+        outputs = [stop(w) for w in workers]
+    assert all(code == 0 for code, _ in outputs), outputs
+    per_task = dict(runs.execute("SELECT task_id, count(*) FROM test_runs GROUP BY 1").fetchall())
+    assert sorted(per_task) == sorted(ids)
+    assert set(per_task.values()) == {1}
+    assert runs.execute("SELECT max(attempts) FROM angela_queue.tasks").fetchone()[0] == 1
+    assert len({pid for (pid,) in runs.execute("SELECT DISTINCT pid FROM test_runs")}) > 1
+
+
+def test_failing_task_is_retried_with_backoff_then_failed(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    task_id = app.enqueue("test.fail", max_attempts=3)
+    app.close()
+    worker = start_worker(dsn, env={"ANGELA_QUEUE_RETRY_BASE_S": "0.2"})
+    try:
+        wait_for(lambda: count(runs, "status = 'failed'") == 1, timeout=30)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    status, attempts, error = runs.execute(
+        "SELECT status, attempts, last_error FROM angela_queue.tasks WHERE id = %s",
+        (task_id,)).fetchone()
+    assert (status, attempts) == ("failed", 3)
+    assert "ValueError: boom on attempt 3" in error
+    times = [t for (t,) in runs.execute("SELECT at FROM test_runs ORDER BY at").fetchall()]
+    assert len(times) == 3
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    # Backoff with jitter: attempt 1 waits 0.1-0.2 s, attempt 2 waits 0.2-0.4 s.
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2, gaps
+
+
+def test_sigterm_lets_the_running_task_finish_and_exits_zero(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    task_id = app.enqueue("test.slow", {"seconds": 2})
+    app.close()
+    worker = start_worker(dsn)
+    wait_for(lambda: count(runs, "status = 'running'") == 1, timeout=20)
+    worker.send_signal(signal.SIGTERM)
+    code, output = stop(worker, timeout=30)
+    assert code == 0, output
+    assert runs.execute("SELECT status FROM angela_queue.tasks WHERE id = %s",
+                        (task_id,)).fetchone()[0] == "succeeded"
+    assert runs.execute("SELECT count(*) FROM test_runs").fetchone()[0] == 1
+    assert runs.execute("SELECT status FROM angela_queue.workers").fetchone()[0] == "dead"
+
+
+def test_notify_wakes_an_idle_worker_within_milliseconds(dsn, runs):
+    # A 30 s idle poll: only the NOTIFY can explain a fast start.
+    worker = start_worker(dsn, env={"ANGELA_QUEUE_POLL_IDLE_S": "30"})
+    try:
+        wait_for(lambda: runs.execute("SELECT count(*) FROM angela_queue.workers"
+                                      " WHERE status = 'idle'").fetchone()[0] == 1)
+        time.sleep(0.5)  # the listener is up
+        latencies = []
+        for _ in range(5):
+            task_id = runs.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('test.record')"
+                                   " RETURNING id").fetchone()[0]
+            wait_for(lambda tid=task_id: runs.execute(
+                "SELECT status = 'succeeded' FROM angela_queue.tasks WHERE id = %s",
+                (tid,)).fetchone()[0], timeout=10, interval=0.01)
+            latencies.append(runs.execute(
+                "SELECT extract(epoch FROM started_at - enqueued_at) FROM angela_queue.tasks"
+                " WHERE id = %s", (task_id,)).fetchone()[0])
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    assert max(float(x) for x in latencies) < 0.25, latencies
+
+
+def test_async_and_transactional_handlers(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    ok = app.enqueue("test.async_record")
+    tx_ok = app.enqueue("test.tx")
+    tx_bad = app.enqueue("test.tx", {"fail": True}, max_attempts=1)
+    app.close()
+    worker = start_worker(dsn)
+    try:
+        wait_for(lambda: count(runs, "status IN ('succeeded', 'failed')") == 3, timeout=30)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    recorded = {t for (t,) in runs.execute("SELECT task_id FROM test_runs").fetchall()}
+    # The failing transactional handler's write was rolled back with its task.
+    assert recorded == {ok, tx_ok}
+    assert runs.execute("SELECT status FROM angela_queue.tasks WHERE id = %s",
+                        (tx_bad,)).fetchone()[0] == "failed"
+
+
+def test_async_handler_over_its_timeout_is_cancelled_and_retried(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    task_id = app.enqueue("test.async_slow", {"seconds": 30}, timeout_s=1, max_attempts=1)
+    app.close()
+    worker = start_worker(dsn)
+    try:
+        wait_for(lambda: count(runs, "status = 'failed'") == 1, timeout=20)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    error = runs.execute("SELECT last_error FROM angela_queue.tasks WHERE id = %s",
+                         (task_id,)).fetchone()[0]
+    assert "timeout_s=1" in error
+    assert runs.execute("SELECT count(*) FROM test_runs").fetchone()[0] == 0
+
+
+def test_worker_refuses_an_unknown_queue_in_one_line(dsn):
+    worker = start_worker(dsn, "--queue", "nope")
+    output, _ = worker.communicate(timeout=30)
+    code = worker.returncode
+    assert code == 1
+    assert output.strip().splitlines()[-1].startswith("error: unknown queue 'nope'")
+    assert "Traceback" not in output
+
+
+def test_worker_registers_and_heartbeats(dsn, conn):
+    worker = start_worker(dsn, env={"ANGELA_QUEUE_HEARTBEAT_S": "0.2",
+                                    "ANGELA_QUEUE_HEARTBEAT_TIMEOUT_S": "5"})
+    try:
+        first = wait_for(lambda: conn.execute(
+            "SELECT heartbeat_at FROM angela_queue.workers").fetchone())[0]
+        wait_for(lambda: conn.execute("SELECT heartbeat_at > %s FROM angela_queue.workers",
+                                      (first,)).fetchone()[0], timeout=5)
+        row = conn.execute("SELECT pid, queues, kinds, status FROM angela_queue.workers").fetchone()
+    finally:
+        stop(worker)
+    assert row[0] == worker.pid
+    assert row[1] == ["default"] and "test.record" in row[2] and row[3] == "idle"

@@ -1,0 +1,182 @@
+"""Claiming: effective-priority order with aging, FIFO ties, SKIP LOCKED, index not sort."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import psycopg
+
+from angela_queue.sql import QUERIES
+from angela_queue.store import AsyncTaskStore, Outcome, claim_params
+
+
+def claim(dsn: str, limit: int, *, queues=("default",), kinds=("a.b",), worker_id=1):
+    async def go():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            return await AsyncTaskStore(c).task_claim(worker_id, queues, kinds, limit)
+
+    return asyncio.run(go())
+
+
+def add(conn, priority=5, minutes_ago=0.0, kind="a.b", queue="default") -> int:
+    return conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, queue, priority, enqueued_at)"
+        " VALUES (%s, %s, %s, now() - make_interval(secs => %s)) RETURNING id",
+        (kind, queue, priority, minutes_ago * 60)).fetchone()[0]
+
+
+def test_aged_low_priority_task_runs_before_a_fresh_high_one(dsn, conn):
+    fresh_nine = add(conn, priority=9)
+    old_one = add(conn, priority=1, minutes_ago=40)  # 1 + 0.3 × 40 = 13 > 9
+    got = claim(dsn, 2)
+    assert [t.id for t in got] == [old_one, fresh_nine]
+    assert abs(got[0].effective_priority - 13.0) < 0.05
+    assert abs(got[1].effective_priority - 9.0) < 0.05
+
+
+def test_claim_follows_effective_priority(dsn, conn):
+    ids = {
+        "p5_fresh": add(conn, 5),
+        "p8_fresh": add(conn, 8),
+        "p3_20min": add(conn, 3, 20),   # 3 + 6 = 9
+        "p6_5min": add(conn, 6, 5),     # 6 + 1.5 = 7.5
+        "p10": add(conn, 10),
+    }
+    got = [t.id for t in claim(dsn, 5)]
+    assert got == [ids["p10"], ids["p3_20min"], ids["p8_fresh"], ids["p6_5min"], ids["p5_fresh"]]
+
+
+def test_equal_priority_is_first_in_first_out(dsn, conn):
+    ids = [add(conn, 5) for _ in range(10)]
+    assert [t.id for t in claim(dsn, 10)] == ids
+
+
+def test_boost_counts_in_the_order(dsn, conn):
+    conn.execute("INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
+                 " VALUES ('emotional', '$.emotional == true', 2)")
+    plain = add(conn, 6)
+    boosted = conn.execute("INSERT INTO angela_queue.tasks (kind, priority, payload)"
+                           " VALUES ('a.b', 5, '{\"emotional\": true}') RETURNING id").fetchone()[0]
+    got = claim(dsn, 2)
+    assert [t.id for t in got] == [boosted, plain]
+    assert (got[0].boost, got[0].tier) == (2, "high")
+
+
+def test_queues_with_different_aging_rates_merge_by_effective_priority(dsn, conn):
+    conn.execute("INSERT INTO angela_queue.queues (name, aging_rate) VALUES ('fast', 1.0)")
+    slow = add(conn, 5, 10, queue="default")   # 5 + 0.3 × 10 = 8
+    fast = add(conn, 5, 10, queue="fast")      # 5 + 1.0 × 10 = 15
+    top = add(conn, 9, 0, queue="default")     # 9
+    got = claim(dsn, 3, queues=("default", "fast"))
+    assert [t.id for t in got] == [fast, top, slow]
+
+
+def test_claim_marks_rows_running_and_counts_the_attempt(dsn, conn):
+    task_id = add(conn)
+    (task,) = claim(dsn, 5, worker_id=42)
+    assert task.id == task_id and task.attempts == 1 and task.worker_id == 42
+    status, started = conn.execute("SELECT status, started_at IS NOT NULL FROM angela_queue.tasks"
+                                   " WHERE id = %s", (task_id,)).fetchone()
+    assert (status, started) == ("running", True)
+    assert claim(dsn, 5) == []
+
+
+def test_claim_takes_only_served_kinds_and_queues_and_respects_pause(dsn, conn):
+    add(conn, kind="other.kind")
+    conn.execute("INSERT INTO angela_queue.queues (name, paused) VALUES ('held', true)")
+    add(conn, queue="held")
+    assert claim(dsn, 5, queues=("default", "held")) == []
+
+
+def test_claim_skips_rows_locked_by_another_claim(dsn, conn):
+    for _ in range(10):
+        add(conn)
+
+    async def go():
+        a = await psycopg.AsyncConnection.connect(dsn)
+        b = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        try:
+            first = await AsyncTaskStore(a).task_claim(1, ["default"], ["a.b"], 4)  # open tx
+            second = await AsyncTaskStore(b).task_claim(2, ["default"], ["a.b"], 10)
+            await a.commit()
+            return first, second
+        finally:
+            await a.close()
+            await b.close()
+
+    first, second = asyncio.run(go())
+    assert len(first) == 4 and len(second) == 6
+    assert not {t.id for t in first} & {t.id for t in second}
+
+
+def test_scheduled_task_is_claimed_only_after_promotion_when_due(dsn, conn):
+    soon = conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) VALUES"
+                        " ('a.b', now() + interval '300 milliseconds') RETURNING id").fetchone()[0]
+    assert claim(dsn, 5) == []
+
+    async def promote():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            return await AsyncTaskStore(c).task_promote_due()
+
+    assert asyncio.run(promote()) == []
+    asyncio.run(asyncio.sleep(0.4))
+    assert asyncio.run(promote()) == ["default"]
+    assert [t.id for t in claim(dsn, 5)] == [soon]
+
+
+def test_late_completion_after_a_reclaim_is_a_no_op(dsn, conn):
+    task_id = add(conn)
+    (task,) = claim(dsn, 1, worker_id=1)
+    # The task is presumed lost and re-run by worker 2 (attempt 2).
+    conn.execute("UPDATE angela_queue.tasks SET status = 'pending' WHERE id = %s", (task_id,))
+    (rerun,) = claim(dsn, 1, worker_id=2)
+    assert rerun.attempts == 2
+
+    async def complete(worker_id, attempts):
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            return await AsyncTaskStore(c).task_complete_many(
+                worker_id, [Outcome(task_id, attempts, True, result={"by": worker_id})])
+
+    assert asyncio.run(complete(1, task.attempts)) == set()
+    assert asyncio.run(complete(2, rerun.attempts)) == {task_id}
+    assert conn.execute("SELECT status, result FROM angela_queue.tasks WHERE id = %s",
+                        (task_id,)).fetchone() == ("succeeded", {"by": 2})
+
+
+def test_claim_plan_walks_the_index_and_never_sorts_the_pending_set(dsn, conn):
+    conn.execute("INSERT INTO angela_queue.queues (name) VALUES ('other')")
+    conn.execute("""
+        INSERT INTO angela_queue.tasks (kind, queue, priority, enqueued_at)
+        SELECT (ARRAY['a.b', 'c.d', 'e.f'])[1 + i % 3], (ARRAY['default', 'other'])[1 + i % 2],
+               1 + i % 10, now() - make_interval(secs => i % 3600)
+          FROM generate_series(1, 20000) i""")
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now()"
+                 " WHERE id % 2 = 0")
+    conn.execute("ANALYZE angela_queue.tasks")
+    params = claim_params(1, ["default", "other"], ["a.b", "c.d"], 10, None)
+    # Plain EXPLAIN plans the UPDATE without running it.
+    plan = conn.execute(b"EXPLAIN (FORMAT JSON) " + QUERIES["task_claim"].encode(),
+                        params).fetchone()[0]
+    root = plan[0]["Plan"] if isinstance(plan, list) else json.loads(plan)[0]["Plan"]
+    scans = list(walk(root, []))
+    task_scans = [(node, path) for node, path in scans
+                  if node.get("Relation Name") == "tasks" and "Scan" in node["Node Type"]]
+    assert task_scans, "the plan reads no tasks?"
+    for node, path in task_scans:
+        assert node["Node Type"] in ("Index Scan", "Index Only Scan"), node["Node Type"]
+        assert node["Index Name"] in ("tasks_claim_idx", "tasks_pkey"), node["Index Name"]
+        if node["Index Name"] == "tasks_claim_idx":
+            # Between the last Sort above this scan and the scan, a Limit caps the rows:
+            # the sort only ever merges a few candidates, never the pending set.
+            kinds = [p["Node Type"] for p in path]
+            last_sort = max((i for i, k in enumerate(kinds) if k in ("Sort", "Incremental Sort")),
+                            default=-1)
+            assert "Limit" in kinds[last_sort + 1:], kinds
+
+
+def walk(node: dict[str, Any], path: list[dict[str, Any]]):
+    yield node, path
+    for child in node.get("Plans", []):
+        yield from walk(child, [*path, node])
