@@ -23,10 +23,15 @@ from angela_queue.store import TaskStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-app = typer.Typer(help="angela-queue: a durable job queue that lives in PostgreSQL.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-db_app = typer.Typer(help="Manage the embedded PostgreSQL (used when no DSN is set).",
-                     no_args_is_help=True)
+app = typer.Typer(
+    help="angela-queue: a durable job queue that lives in PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(
+    help="Manage the embedded PostgreSQL (used when no DSN is set).", no_args_is_help=True
+)
 queue_app = typer.Typer(help="Create and configure queues.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(queue_app, name="queue")
@@ -34,9 +39,14 @@ app.add_typer(queue_app, name="queue")
 out = Console()
 err = Console(stderr=True)
 
-DsnOption = Annotated[str | None, typer.Option(
-    "--dsn", help="PostgreSQL DSN (default: ANGELA_QUEUE_DSN, DATABASE_URL, else embedded).",
-    show_default=False)]
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        help="PostgreSQL DSN (default: ANGELA_QUEUE_DSN, DATABASE_URL, else embedded).",
+        show_default=False,
+    ),
+]
 
 
 class CliError(Exception):
@@ -84,12 +94,18 @@ def migrate(dsn: DsnOption = None) -> None:
 @app.command()
 def worker(
     app_spec: Annotated[str, typer.Option("--app", help="Handlers: MODULE:ATTR of an App.")],
-    queue: Annotated[list[str] | None, typer.Option("--queue", "-q",
-                                                    help="Queue to serve (repeatable).")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, max=1000,
-                                                    help="Tasks run at once.")] = None,
-    listen: Annotated[bool, typer.Option(
-        "--listen/--no-listen", help="LISTEN/NOTIFY wake-up; --no-listen for poolers.")] = True,
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Queue to serve (repeatable).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=1000, help="Tasks run at once.")
+    ] = None,
+    listen: Annotated[
+        bool,
+        typer.Option(
+            "--listen/--no-listen", help="LISTEN/NOTIFY wake-up; --no-listen for poolers."
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     dsn: DsnOption = None,
 ) -> None:
@@ -99,8 +115,9 @@ def worker(
     _logging(log_level)
     settings = _settings(dsn=dsn)
     application = _load_app(app_spec, settings)
-    run_worker(application, queues=tuple(queue) if queue else None, concurrency=concurrency,
-               listen=listen)
+    run_worker(
+        application, queues=tuple(queue) if queue else None, concurrency=concurrency, listen=listen
+    )
 
 
 @app.command()
@@ -126,8 +143,15 @@ def enqueue(
     client = App(settings, dsn=_dsn(settings))
     run_at = datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
     with connect(client.dsn, autocommit=True) as conn:
-        task_id = client.enqueue(kind, data, priority=priority, queue=queue, run_at=run_at,
-                                 dedupe_key=dedupe_key, conn=conn)
+        task_id = client.enqueue(
+            kind,
+            data,
+            priority=priority,
+            queue=queue,
+            run_at=run_at,
+            dedupe_key=dedupe_key,
+            conn=conn,
+        )
     out.print(task_id)
 
 
@@ -160,17 +184,32 @@ def _print_status(data: dict[str, Any]) -> None:
         queues.add_column(col, justify="right" if col not in ("queue", "tier") else "left")
     for r in data["queues"]:
         wait = "-" if r["oldest_wait_s"] is None else f"{float(r['oldest_wait_s']):.1f}"
-        queues.add_row(r["queue"], r["tier"], str(r["pending"]), str(r["running"]), wait,
-                       str(r["succeeded_1h"]), str(r["failed_1h"]))
+        queues.add_row(
+            r["queue"],
+            r["tier"],
+            str(r["pending"]),
+            str(r["running"]),
+            wait,
+            str(r["succeeded_1h"]),
+            str(r["failed_1h"]),
+        )
     out.print(queues)
     workers = Table(title="workers")
     for col in ("id", "host", "pid", "status", "heartbeat s", "done", "failed", "avg ms", "task"):
         workers.add_column(col)
     for w in data["workers"]:
         avg = "-" if w["avg_processing_ms"] is None else f"{w['avg_processing_ms']:.1f}"
-        workers.add_row(str(w["id"]), w["hostname"], str(w["pid"]), w["status"],
-                        f"{float(w['heartbeat_age_s']):.1f}", str(w["tasks_completed"]),
-                        str(w["tasks_failed"]), avg, str(w["current_task_id"] or "-"))
+        workers.add_row(
+            str(w["id"]),
+            w["hostname"],
+            str(w["pid"]),
+            w["status"],
+            f"{float(w['heartbeat_age_s']):.1f}",
+            str(w["tasks_completed"]),
+            str(w["tasks_failed"]),
+            avg,
+            str(w["current_task_id"] or "-"),
+        )
     out.print(workers)
 
 
@@ -178,8 +217,9 @@ def _print_status(data: dict[str, Any]) -> None:
 def queue_set(
     name: Annotated[str, typer.Argument(help="Queue name (created if new).")],
     aging_rate: Annotated[float | None, typer.Option(help="Points per minute waited.")] = None,
-    paused: Annotated[bool | None, typer.Option("--pause/--resume",
-                                                help="Stop or resume claiming.")] = None,
+    paused: Annotated[
+        bool | None, typer.Option("--pause/--resume", help="Stop or resume claiming.")
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Create a queue or change its settings."""
@@ -195,8 +235,10 @@ def queue_list(dsn: DsnOption = None) -> None:
     target = _dsn(_settings(dsn=dsn))
     with connect(target, autocommit=True) as conn:
         for row in TaskStore(conn).queue_list():
-            out.print(f"{row['name']}: aging_rate={row['aging_rate']} paused={row['paused']} "
-                      f"max_size={row['max_size']}")
+            out.print(
+                f"{row['name']}: aging_rate={row['aging_rate']} paused={row['paused']} "
+                f"max_size={row['max_size']}"
+            )
 
 
 @db_app.command("start")
@@ -216,8 +258,10 @@ def db_stop() -> None:
 def db_status() -> None:
     """Whether the embedded server runs; exit 1 when it does not."""
     st = embedded.status(_settings().pgdata)
-    out.print(f"{'running' if st.running else 'stopped'}  pgdata={st.pgdata}"
-              + (f"  pid={st.pid}" if st.pid else ""))
+    out.print(
+        f"{'running' if st.running else 'stopped'}  pgdata={st.pgdata}"
+        + (f"  pid={st.pid}" if st.pid else "")
+    )
     if not st.running:
         raise typer.Exit(1)
 
@@ -239,29 +283,39 @@ def _logging(level: str) -> None:
     name = level.upper()
     if name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise CliError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-    logging.basicConfig(level=name, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=name, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def main() -> None:
     """Console entry point: every known failure is one line on stderr, never a traceback."""
+    import psycopg
+
     try:
         app(standalone_mode=False)
     except (CliError, errors.AngelaQueueError) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(str(exc))
+    except psycopg.Error as exc:
+        _fail(f"database error: {(exc.diag.message_primary or str(exc)).strip()}")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aborted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
+    except typer.TyperException as exc:  # usage errors: click's own one-line message
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _fail(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    err.print(f"error: {first}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

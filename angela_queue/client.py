@@ -39,8 +39,13 @@ class App:
     # -- handlers ---------------------------------------------------------------------------
 
     def task(
-        self, kind: str, *, transactional: bool = False, timeout_s: int | None = None,
-        max_attempts: int | None = None, queue: str | None = None,
+        self,
+        kind: str,
+        *,
+        transactional: bool = False,
+        timeout_s: int | None = None,
+        max_attempts: int | None = None,
+        queue: str | None = None,
     ) -> Callable[[F], F]:
         """Register a sync or async handler for ``kind``; it receives a ``Task``.
 
@@ -50,9 +55,17 @@ class App:
         """
 
         def register(func: F) -> F:
-            self.registry.add(Handler(kind=kind, func=func, is_async=is_async_callable(func),
-                                      transactional=transactional, timeout_s=timeout_s,
-                                      max_attempts=max_attempts, queue=queue))
+            self.registry.add(
+                Handler(
+                    kind=kind,
+                    func=func,
+                    is_async=is_async_callable(func),
+                    transactional=transactional,
+                    timeout_s=timeout_s,
+                    max_attempts=max_attempts,
+                    queue=queue,
+                )
+            )
             return func
 
         return register
@@ -73,14 +86,24 @@ class App:
     def _sync_pool(self) -> ConnectionPool:
         with self._lock:
             if self._pool is None:
-                self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self.settings.pool_size,
-                                            kwargs={"autocommit": True}, open=True)
+                self._pool = ConnectionPool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.settings.pool_size,
+                    kwargs={"autocommit": True},
+                    open=True,
+                )
             return self._pool
 
     async def _get_async_pool(self) -> AsyncConnectionPool:
         if self._async_pool is None:
-            pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self.settings.pool_size,
-                                       kwargs={"autocommit": True}, open=False)
+            pool = AsyncConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=self.settings.pool_size,
+                kwargs={"autocommit": True},
+                open=False,
+            )
             await pool.open()
             self._async_pool = pool
         return self._async_pool
@@ -99,8 +122,9 @@ class App:
 
     # -- enqueue ----------------------------------------------------------------------------
 
-    def request(self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
-                ) -> EnqueueRequest:
+    def request(
+        self, kind: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> EnqueueRequest:
         """Build a request, filling this App's defaults for the kind (pure)."""
         unknown = set(options) - _REQUEST_FIELDS
         if unknown:
@@ -117,9 +141,15 @@ class App:
         return EnqueueRequest(kind=kind, payload=dict(payload or {}), **values)
 
     def enqueue(
-        self, kind: str, payload: Mapping[str, Any] | None = None, *,
-        priority: int = 5, queue: str | None = None, run_at: datetime | None = None,
-        dedupe_key: str | None = None, conn: psycopg.Connection[Any] | None = None,
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 5,
+        queue: str | None = None,
+        run_at: datetime | None = None,
+        dedupe_key: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
         **options: Any,
     ) -> int:
         """Enqueue one task; returns its id.
@@ -128,22 +158,42 @@ class App:
         with it). With ``dedupe_key``, a live task with that key is not duplicated: its id
         is returned instead.
         """
-        req = self.request(kind, payload, priority=priority, queue=queue, run_at=run_at,
-                           dedupe_key=dedupe_key, **options)
+        req = self.request(
+            kind,
+            payload,
+            priority=priority,
+            queue=queue,
+            run_at=run_at,
+            dedupe_key=dedupe_key,
+            **options,
+        )
         if conn is not None:
             return _insert(TaskStore(conn), req)
         with self._sync_pool().connection() as own:
             return _insert(TaskStore(own), req)
 
     async def enqueue_async(
-        self, kind: str, payload: Mapping[str, Any] | None = None, *,
-        priority: int = 5, queue: str | None = None, run_at: datetime | None = None,
-        dedupe_key: str | None = None, conn: psycopg.AsyncConnection[Any] | None = None,
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 5,
+        queue: str | None = None,
+        run_at: datetime | None = None,
+        dedupe_key: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
         **options: Any,
     ) -> int:
         """``enqueue`` for async code; ``conn`` is an async connection."""
-        req = self.request(kind, payload, priority=priority, queue=queue, run_at=run_at,
-                           dedupe_key=dedupe_key, **options)
+        req = self.request(
+            kind,
+            payload,
+            priority=priority,
+            queue=queue,
+            run_at=run_at,
+            dedupe_key=dedupe_key,
+            **options,
+        )
         if conn is not None:
             return await _insert_async(AsyncTaskStore(conn), req)
         pool = await self._get_async_pool()
@@ -151,7 +201,9 @@ class App:
             return await _insert_async(AsyncTaskStore(own), req)
 
     def enqueue_many(
-        self, items: Iterable[EnqueueRequest | Mapping[str, Any]], *,
+        self,
+        items: Iterable[EnqueueRequest | Mapping[str, Any]],
+        *,
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[int]:
         """Enqueue many tasks in one transaction with COPY; returns their ids in order.
@@ -186,9 +238,7 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreachable"
-        raise errors.DatabaseError(
-            f"cannot connect to {redact_dsn(dsn)}: {reason}"
-        ) from None
+        raise errors.DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {reason}") from None
 
 
 def _insert(store: TaskStore, req: EnqueueRequest) -> int:

@@ -78,7 +78,7 @@ class DatabaseError(AngelaQueueError):
     """The database operation failed."""
 
 
-class Retry(Exception):  # noqa: N818 - control flow, named for what the handler asks
+class Retry(Exception):
     """Raised by a handler to ask for another attempt after ``delay_s`` seconds.
 
     The attempt still counts toward ``max_attempts``.

@@ -24,7 +24,7 @@ log = logging.getLogger("angela_queue.execution")
 MAX_ERROR_CHARS = 8000
 
 
-class LostTask(Exception):  # noqa: N818 - an event, not an error of the handler
+class LostTask(Exception):
     """The task was reclaimed while its transactional handler ran: roll back its writes."""
 
 
@@ -32,8 +32,12 @@ class TaskRunner:
     """Runs handlers: async ones on the loop, sync ones in a thread pool."""
 
     def __init__(
-        self, settings: Settings, worker_id: int, threads: Executor,
-        async_pool: AsyncConnectionPool | None, sync_pool: ConnectionPool | None,
+        self,
+        settings: Settings,
+        worker_id: int,
+        threads: Executor,
+        async_pool: AsyncConnectionPool | None,
+        sync_pool: ConnectionPool | None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -51,8 +55,7 @@ class TaskRunner:
             result = await self._call(handler, task)
             return Outcome(task.id, task.attempts, True, result=jsonable(result))
         except LostTask:
-            log.warning("task %s was reclaimed while running; its writes were rolled back",
-                        task.id)
+            log.warning("task %s was reclaimed while running; its writes were rolled back", task.id)
             return None
         except Retry as asked:
             return self.failure(task, f"Retry: {asked.reason}", asked.delay_s)
@@ -64,8 +67,13 @@ class TaskRunner:
 
     def failure(self, task: Task, error: str, delay_s: float | None = None) -> Outcome:
         retry_at = retry.next_attempt_at(
-            task.attempts, task.max_attempts, datetime.now(UTC), self.settings.retry_base_s,
-            self.settings.retry_max_s, delay_s=delay_s)
+            task.attempts,
+            task.max_attempts,
+            datetime.now(UTC),
+            self.settings.retry_base_s,
+            self.settings.retry_max_s,
+            delay_s=delay_s,
+        )
         return Outcome(task.id, task.attempts, False, error=error, retry_at=retry_at)
 
     async def _call(self, handler: Handler, task: Task) -> Any:
@@ -86,9 +94,11 @@ class TaskRunner:
             assert self.async_pool is not None
             async with self.async_pool.connection() as conn, conn.transaction():
                 result = await asyncio.wait_for(
-                    handler.func(dataclasses.replace(task, conn=conn)), timeout=task.timeout_s)
+                    handler.func(dataclasses.replace(task, conn=conn)), timeout=task.timeout_s
+                )
                 done = await AsyncTaskStore(conn).task_complete_many(
-                    self.worker_id, [Outcome(task.id, task.attempts, True, jsonable(result))])
+                    self.worker_id, [Outcome(task.id, task.attempts, True, jsonable(result))]
+                )
                 if task.id not in done:
                     raise LostTask
             return
@@ -105,7 +115,8 @@ class TaskRunner:
         with self.sync_pool.connection() as conn, conn.transaction():
             result = handler.func(dataclasses.replace(task, conn=conn))
             done = TaskStore(conn).task_complete_many(
-                self.worker_id, [Outcome(task.id, task.attempts, True, jsonable(result))])
+                self.worker_id, [Outcome(task.id, task.attempts, True, jsonable(result))]
+            )
             if task.id not in done:
                 raise LostTask
 

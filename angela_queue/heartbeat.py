@@ -77,8 +77,12 @@ class Heartbeater:
     """Beats every ``interval_s``; tells the worker when a stop is requested or it was reaped."""
 
     def __init__(
-        self, dsn: str, worker_id: int, counters: WorkerCounters, interval_s: float,
-        on_stop_requested: Callable[[str], None],
+        self,
+        dsn: str,
+        worker_id: int,
+        counters: WorkerCounters,
+        interval_s: float,
+        on_stop_requested: Callable[[str], object],
     ) -> None:
         self.dsn = dsn
         self.worker_id = worker_id
@@ -86,8 +90,9 @@ class Heartbeater:
         self.interval_s = interval_s
         self.on_stop_requested = on_stop_requested
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="angela-queue-heartbeat",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="angela-queue-heartbeat", daemon=True
+        )
         self._conn: psycopg.Connection[Any] | None = None
 
     def start(self) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, pool
 
+from alembic import command
 from angela_queue import errors
 
 # Serialises concurrent `migrate` runs (several workers starting at once).
@@ -68,9 +68,7 @@ def downgrade(dsn: str, revision: str) -> None:
 def current(dsn: str) -> str | None:
     """The revision the database is at, or None when it was never migrated."""
     with _engine(dsn).connect() as conn:
-        ctx = MigrationContext.configure(
-            conn, opts={"version_table_schema": "angela_queue"}
-        )
+        ctx = MigrationContext.configure(conn, opts={"version_table_schema": "angela_queue"})
         return ctx.get_current_revision()
 
 

@@ -6,20 +6,27 @@ import random
 from datetime import datetime, timedelta
 
 
-def backoff_s(attempt: int, base_s: float, max_s: float, rand: random.Random | None = None) -> float:
+def backoff_s(
+    attempt: int, base_s: float, max_s: float, rand: random.Random | None = None
+) -> float:
     """Exponential backoff with full jitter: uniform in [d/2, d], d = base × 2^(attempt−1).
 
     Half the delay is kept so retries never bunch at zero; the other half is spread so that
     many tasks failing together (a downstream outage) do not come back together.
     """
-    delay = min(max_s, base_s * (2 ** max(0, attempt - 1)))
-    r = (rand or random).random()
+    delay = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
+    r = rand.random() if rand is not None else random.random()
     return delay / 2 + r * delay / 2
 
 
 def next_attempt_at(
-    attempts: int, max_attempts: int, now: datetime, base_s: float, max_s: float,
-    delay_s: float | None = None, rand: random.Random | None = None,
+    attempts: int,
+    max_attempts: int,
+    now: datetime,
+    base_s: float,
+    max_s: float,
+    delay_s: float | None = None,
+    rand: random.Random | None = None,
 ) -> datetime | None:
     """When to run the next attempt, or None when the task has used all its attempts."""
     if attempts >= max_attempts:

@@ -18,12 +18,27 @@ CONFIG_FILE = "angela-queue.toml"
 
 # Supervisor profiles (DESIGN.md §6): base, min, max workers, queue bound, check interval.
 PROFILES: dict[str, dict[str, Any]] = {
-    "low": {"base_workers": 2, "min_workers": 2, "max_workers": 4, "max_queue_size": 20,
-            "check_interval_s": 300.0},
-    "standard": {"base_workers": 4, "min_workers": 2, "max_workers": 6, "max_queue_size": 50,
-                 "check_interval_s": 60.0},
-    "high": {"base_workers": 6, "min_workers": 4, "max_workers": 8, "max_queue_size": 100,
-             "check_interval_s": 30.0},
+    "low": {
+        "base_workers": 2,
+        "min_workers": 2,
+        "max_workers": 4,
+        "max_queue_size": 20,
+        "check_interval_s": 300.0,
+    },
+    "standard": {
+        "base_workers": 4,
+        "min_workers": 2,
+        "max_workers": 6,
+        "max_queue_size": 50,
+        "check_interval_s": 60.0,
+    },
+    "high": {
+        "base_workers": 6,
+        "min_workers": 4,
+        "max_workers": 8,
+        "max_queue_size": 100,
+        "check_interval_s": 30.0,
+    },
 }
 
 
@@ -82,8 +97,10 @@ class Settings:
         file_values = _read_config_file(cwd or Path.cwd())
         env_values = _read_env(env)
         flag_values = {k: v for k, v in (overrides or {}).items() if v is not None}
-        profile = flag_values.get("profile") or env_values.get("profile") or file_values.get(
-            "profile", "standard"
+        profile = (
+            flag_values.get("profile")
+            or env_values.get("profile")
+            or file_values.get("profile", "standard")
         )
         if profile not in PROFILES:
             raise ConfigurationError(
@@ -123,8 +140,14 @@ def _problems(s: Settings) -> list[str]:
         out.append("queues must not be empty")
     if not 1 <= s.concurrency <= 1000:
         out.append("concurrency must be between 1 and 1000")
-    for name in ("poll_busy_s", "poll_normal_s", "poll_idle_s", "heartbeat_s", "retry_base_s",
-                 "check_interval_s"):
+    for name in (
+        "poll_busy_s",
+        "poll_normal_s",
+        "poll_idle_s",
+        "heartbeat_s",
+        "retry_base_s",
+        "check_interval_s",
+    ):
         if getattr(s, name) <= 0:
             out.append(f"{name} must be positive")
     if s.heartbeat_timeout_s <= s.heartbeat_s:
@@ -169,7 +192,7 @@ def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(ENV_PREFIX) :].lower()
         if name in _FIELDS and name not in ("test_dsn",):
             values[name] = raw
     return values

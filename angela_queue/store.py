@@ -26,7 +26,9 @@ COPY_COLUMNS = 11
 
 # Friendly messages for the CHECK constraints a producer can trip.
 _CONSTRAINT_MESSAGES = {
-    "tasks_kind_check": "invalid kind: use a lowercase dotted identifier like 'conversation.analyze'",
+    "tasks_kind_check": (
+        "invalid kind: use a lowercase dotted identifier like 'conversation.analyze'"
+    ),
     "tasks_priority_check": "priority must be between 1 and 10",
     "tasks_payload_check": "payload must be a JSON object",
     "tasks_max_attempts_check": "max_attempts must be between 1 and 1000",
@@ -95,8 +97,19 @@ def insert_params(req: EnqueueRequest) -> dict[str, Any]:
 
 def copy_row(task_id: int, req: EnqueueRequest) -> tuple[Any, ...]:
     """One COPY row of task_insert_many_copy (pure)."""
-    return (task_id, req.queue, req.kind, Jsonb(req.payload), req.priority, req.run_at,
-            req.enqueued_at, req.max_attempts, req.timeout_s, req.batch_key, req.dedupe_key)
+    return (
+        task_id,
+        req.queue,
+        req.kind,
+        Jsonb(req.payload),
+        req.priority,
+        req.run_at,
+        req.enqueued_at,
+        req.max_attempts,
+        req.timeout_s,
+        req.batch_key,
+        req.dedupe_key,
+    )
 
 
 def complete_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -119,11 +132,19 @@ def fail_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 
 def claim_params(
-    worker_id: int, queues: Sequence[str], kinds: Sequence[str], limit: int,
+    worker_id: int,
+    queues: Sequence[str],
+    kinds: Sequence[str],
+    limit: int,
     now: datetime | None,
 ) -> dict[str, Any]:
-    return {"worker_id": worker_id, "queues": list(queues), "kinds": list(kinds),
-            "limit": limit, "now": now}
+    return {
+        "worker_id": worker_id,
+        "queues": list(queues),
+        "kinds": list(kinds),
+        "limit": limit,
+        "now": now,
+    }
 
 
 class TaskStore:
@@ -139,15 +160,18 @@ class TaskStore:
         return None if row is None else int(row[0])
 
     def task_get_live_by_dedupe_key(self, dedupe_key: str) -> int | None:
-        row = self.conn.execute(Q["task_get_live_by_dedupe_key"],
-                                {"dedupe_key": dedupe_key}).fetchone()
+        row = self.conn.execute(
+            Q["task_get_live_by_dedupe_key"], {"dedupe_key": dedupe_key}
+        ).fetchone()
         return None if row is None else int(row[0])
 
     def task_insert_many_copy(self, reqs: Sequence[EnqueueRequest]) -> list[int]:
         """Insert many tasks with COPY; returns their ids in order."""
         with translate_errors(reqs[0].queue if reqs else None):
-            ids = [int(r[0]) for r in
-                   self.conn.execute(Q["task_reserve_ids"], {"n": len(reqs)}).fetchall()]
+            ids = [
+                int(r[0])
+                for r in self.conn.execute(Q["task_reserve_ids"], {"n": len(reqs)}).fetchall()
+            ]
             with self.conn.cursor().copy(Q["task_insert_many_copy"]) as copy:
                 for task_id, req in zip(ids, reqs, strict=True):
                     copy.write_row(copy_row(task_id, req))
@@ -156,8 +180,9 @@ class TaskStore:
     def task_complete_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
         """Mark tasks succeeded; returns the ids that were still ours (fencing)."""
         with translate_errors():
-            rows = self.conn.execute(Q["task_complete_many"],
-                                     complete_params(worker_id, outcomes)).fetchall()
+            rows = self.conn.execute(
+                Q["task_complete_many"], complete_params(worker_id, outcomes)
+            ).fetchall()
         return {int(r[0]) for r in rows}
 
     def task_get(self, task_id: int) -> dict[str, Any]:
@@ -179,8 +204,9 @@ class TaskStore:
         self, name: str, aging_rate: float | None = None, paused: bool | None = None
     ) -> dict[str, Any]:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(Q["queue_upsert"],
-                              {"name": name, "aging_rate": aging_rate, "paused": paused}).fetchone()
+            row = cur.execute(
+                Q["queue_upsert"], {"name": name, "aging_rate": aging_rate, "paused": paused}
+            ).fetchone()
         assert row is not None
         return row
 
@@ -216,27 +242,32 @@ class AsyncTaskStore:
         return None if row is None else int(row[0])
 
     async def task_get_live_by_dedupe_key(self, dedupe_key: str) -> int | None:
-        cur = await self.conn.execute(Q["task_get_live_by_dedupe_key"],
-                                      {"dedupe_key": dedupe_key})
+        cur = await self.conn.execute(Q["task_get_live_by_dedupe_key"], {"dedupe_key": dedupe_key})
         row = await cur.fetchone()
         return None if row is None else int(row[0])
 
     async def task_claim(
-        self, worker_id: int, queues: Sequence[str], kinds: Sequence[str], limit: int,
+        self,
+        worker_id: int,
+        queues: Sequence[str],
+        kinds: Sequence[str],
+        limit: int,
         now: datetime | None = None,
     ) -> list[Task]:
         """Claim up to ``limit`` due tasks in effective-priority order (see queries.sql)."""
         with translate_errors():
             async with self.conn.cursor(row_factory=class_row(Task)) as cur:
-                await cur.execute(Q["task_claim"],
-                                  claim_params(worker_id, queues, kinds, limit, now))
+                await cur.execute(
+                    Q["task_claim"], claim_params(worker_id, queues, kinds, limit, now)
+                )
                 return await cur.fetchall()
 
     async def task_complete_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
         """Mark tasks succeeded; returns the ids that were still ours (fencing)."""
         with translate_errors():
-            cur = await self.conn.execute(Q["task_complete_many"],
-                                          complete_params(worker_id, outcomes))
+            cur = await self.conn.execute(
+                Q["task_complete_many"], complete_params(worker_id, outcomes)
+            )
             return {int(r[0]) for r in await cur.fetchall()}
 
     async def task_fail_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
@@ -253,8 +284,9 @@ class AsyncTaskStore:
 
     async def queue_count_ready(self, queues: Sequence[str], cap: int) -> int:
         with translate_errors():
-            cur = await self.conn.execute(Q["queue_count_ready"],
-                                          {"queues": list(queues), "cap": cap})
+            cur = await self.conn.execute(
+                Q["queue_count_ready"], {"queues": list(queues), "cap": cap}
+            )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -265,13 +297,24 @@ class AsyncTaskStore:
                 return await cur.fetchone()
 
     async def worker_register(
-        self, hostname: str, pid: int, queues: Sequence[str], kinds: Sequence[str],
+        self,
+        hostname: str,
+        pid: int,
+        queues: Sequence[str],
+        kinds: Sequence[str],
         concurrency: int,
     ) -> int:
         with translate_errors():
-            cur = await self.conn.execute(Q["worker_register"], {
-                "hostname": hostname, "pid": pid, "queues": list(queues), "kinds": list(kinds),
-                "concurrency": concurrency})
+            cur = await self.conn.execute(
+                Q["worker_register"],
+                {
+                    "hostname": hostname,
+                    "pid": pid,
+                    "queues": list(queues),
+                    "kinds": list(kinds),
+                    "concurrency": concurrency,
+                },
+            )
             row = await cur.fetchone()
         assert row is not None
         return int(row[0])
@@ -279,4 +322,3 @@ class AsyncTaskStore:
     async def worker_mark_dead(self, worker_id: int) -> None:
         with translate_errors():
             await self.conn.execute(Q["worker_mark_dead"], {"id": worker_id})
-

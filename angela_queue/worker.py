@@ -48,7 +48,11 @@ class Worker:
     """One worker process's engine. ``run()`` returns after a graceful stop."""
 
     def __init__(
-        self, app: App, *, queues: tuple[str, ...] | None = None, concurrency: int | None = None,
+        self,
+        app: App,
+        *,
+        queues: tuple[str, ...] | None = None,
+        concurrency: int | None = None,
         listen: bool | None = None,
     ) -> None:
         if len(app.registry) == 0:
@@ -87,16 +91,29 @@ class Worker:
                 await conn.close()
                 raise errors.UnknownQueue(queue)
         self.worker_id = await store.worker_register(
-            socket.gethostname(), os.getpid(), self.queues, self.kinds, self.concurrency)
-        log.info("worker %s started: pid %s, queues %s, kinds %s, concurrency %s, listen %s",
-                 self.worker_id, os.getpid(), ",".join(self.queues), ",".join(self.kinds),
-                 self.concurrency, self.listen)
+            socket.gethostname(), os.getpid(), self.queues, self.kinds, self.concurrency
+        )
+        log.info(
+            "worker %s started: pid %s, queues %s, kinds %s, concurrency %s, listen %s",
+            self.worker_id,
+            os.getpid(),
+            ",".join(self.queues),
+            ",".join(self.kinds),
+            self.concurrency,
+            self.listen,
+        )
         loop = asyncio.get_running_loop()
-        heart = Heartbeater(dsn, self.worker_id, self.counters, self.settings.heartbeat_s,
-                            lambda why: loop.call_soon_threadsafe(self.request_stop, why))
+        heart = Heartbeater(
+            dsn,
+            self.worker_id,
+            self.counters,
+            self.settings.heartbeat_s,
+            lambda why: loop.call_soon_threadsafe(self.request_stop, why),
+        )
         heart.start()
-        threads = ThreadPoolExecutor(max_workers=self.concurrency,
-                                     thread_name_prefix="angela-queue-task")
+        threads = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="angela-queue-task"
+        )
         async_pool, sync_pool = self._transactional_pools(dsn)
         if async_pool is not None:
             await async_pool.open()
@@ -135,8 +152,9 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def _loop(self, conn: psycopg.AsyncConnection[Any], runner: TaskRunner
-                    ) -> psycopg.AsyncConnection[Any]:
+    async def _loop(
+        self, conn: psycopg.AsyncConnection[Any], runner: TaskRunner
+    ) -> psycopg.AsyncConnection[Any]:
         last_promote = 0.0
         backoff = 0.1
         while not self._stopping.is_set():
@@ -149,8 +167,9 @@ class Worker:
                 free = self.concurrency - len(self._running)
                 claimed: list[Task] = []
                 if free > 0:
-                    claimed = await store.task_claim(self.worker_id or 0, self.queues,
-                                                     self.kinds, free)
+                    claimed = await store.task_claim(
+                        self.worker_id or 0, self.queues, self.kinds, free
+                    )
                     for task in claimed:
                         self._start(runner, task)
                 backoff = 0.1
@@ -160,13 +179,20 @@ class Worker:
                     await self._wait(None)  # every slot busy: a finished task wakes us
                     continue
                 pending = await store.queue_count_ready(self.queues, BUSY_PENDING + 1)
-                await self._wait(poll_interval(pending, self.settings.poll_busy_s,
-                                               self.settings.poll_normal_s,
-                                               self.settings.poll_idle_s))
+                await self._wait(
+                    poll_interval(
+                        pending,
+                        self.settings.poll_busy_s,
+                        self.settings.poll_normal_s,
+                        self.settings.poll_idle_s,
+                    )
+                )
             except (psycopg.OperationalError, errors.DatabaseError) as exc:
-                log.warning("database connection lost (%s); reconnecting in %.1f s",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
-                            backoff)
+                log.warning(
+                    "database connection lost (%s); reconnecting in %.1f s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
+                    backoff,
+                )
                 await self._sleep_unless_stopping(backoff)
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(Exception):
@@ -186,8 +212,9 @@ class Worker:
 
     def _start(self, runner: TaskRunner, task: Task) -> None:
         self.counters.started(task.id)
-        self._running[task.id] = asyncio.create_task(self._execute(runner, task),
-                                                     name=f"task-{task.id}")
+        self._running[task.id] = asyncio.create_task(
+            self._execute(runner, task), name=f"task-{task.id}"
+        )
 
     async def _execute(self, runner: TaskRunner, task: Task) -> None:
         outcome: Outcome | None = runner.failure(task, "worker error: the handler never returned")
@@ -203,10 +230,16 @@ class Worker:
             if outcome is not None:
                 self._outcomes.append(outcome)
             if not succeeded and outcome is not None:
-                log.warning("task %s (%s) attempt %s/%s failed in %.0f ms%s: %s", task.id,
-                            task.kind, task.attempts, task.max_attempts, ms,
-                            "; will retry" if outcome.retry_at else "; giving up",
-                            (outcome.error or "").strip().splitlines()[-1])
+                log.warning(
+                    "task %s (%s) attempt %s/%s failed in %.0f ms%s: %s",
+                    task.id,
+                    task.kind,
+                    task.attempts,
+                    task.max_attempts,
+                    ms,
+                    "; will retry" if outcome.retry_at else "; giving up",
+                    (outcome.error or "").strip().splitlines()[-1],
+                )
             self._wake.set()
 
     async def _flush(self, store: AsyncTaskStore) -> None:
@@ -231,10 +264,14 @@ class Worker:
     async def _drain(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Graceful stop: let running tasks finish within the grace period, then record."""
         if self._running:
-            log.info("waiting up to %.0f s for %d running task(s)",
-                     self.settings.shutdown_grace_s, len(self._running))
-            _, late = await asyncio.wait(list(self._running.values()),
-                                         timeout=self.settings.shutdown_grace_s)
+            log.info(
+                "waiting up to %.0f s for %d running task(s)",
+                self.settings.shutdown_grace_s,
+                len(self._running),
+            )
+            _, late = await asyncio.wait(
+                list(self._running.values()), timeout=self.settings.shutdown_grace_s
+            )
             for t in late:
                 t.cancel()
             if late:
@@ -247,8 +284,9 @@ class Worker:
                 await asyncio.sleep(0.2 * (attempt + 1))
                 with contextlib.suppress(psycopg.OperationalError):
                     conn = await _connect(self.app.dsn)
-        log.error("could not record %d outcome(s); the reaper will reclaim them",
-                  len(self._outcomes))
+        log.error(
+            "could not record %d outcome(s); the reaper will reclaim them", len(self._outcomes)
+        )
 
     async def _listen(self, dsn: str) -> None:
         """LISTEN for new work; reconnects with backoff when the connection drops."""
@@ -263,8 +301,10 @@ class Worker:
                         if note.payload in self.queues:
                             self._wake.set()
             except psycopg.OperationalError as exc:
-                log.warning("listener connection lost (%s); reconnecting",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else "?")
+                log.warning(
+                    "listener connection lost (%s); reconnecting",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -278,8 +318,13 @@ async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
         raise errors.DatabaseError(f"cannot connect to {redact_dsn(dsn)}") from exc
 
 
-def run_worker(app: App, *, queues: tuple[str, ...] | None = None,
-               concurrency: int | None = None, listen: bool | None = None) -> None:
+def run_worker(
+    app: App,
+    *,
+    queues: tuple[str, ...] | None = None,
+    concurrency: int | None = None,
+    listen: bool | None = None,
+) -> None:
     """Run a worker until SIGTERM/SIGINT, then stop gracefully (the CLI's entry point)."""
     worker = Worker(app, queues=queues, concurrency=concurrency, listen=listen)
 

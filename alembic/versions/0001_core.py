@@ -79,7 +79,8 @@ CREATE TABLE angela_queue.workers (
     last_active_at    timestamptz,
     stop_requested    boolean NOT NULL DEFAULT false
 );
-CREATE INDEX workers_live_idx ON angela_queue.workers (hostname, heartbeat_at) WHERE status <> 'dead';
+CREATE INDEX workers_live_idx ON angela_queue.workers (hostname, heartbeat_at) WHERE
+    status <> 'dead';
 
 CREATE TABLE angela_queue.tasks (
     -- BY DEFAULT so that the bulk path can reserve ids and COPY them in one go.
@@ -127,9 +128,12 @@ CREATE TABLE angela_queue.tasks (
 CREATE INDEX tasks_claim_idx ON angela_queue.tasks (queue, kind, sort_key, id)
     WHERE status = 'pending' AND ready;
 -- Scheduled tasks, found by the promotion step when they fall due.
-CREATE INDEX tasks_scheduled_idx ON angela_queue.tasks (run_at) WHERE status = 'pending' AND NOT ready;
-CREATE INDEX tasks_running_idx ON angela_queue.tasks (worker_id) WHERE status = 'running';
-CREATE INDEX tasks_finished_at_idx ON angela_queue.tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX tasks_scheduled_idx ON angela_queue.tasks (run_at) WHERE
+    status = 'pending' AND NOT ready;
+CREATE INDEX tasks_running_idx ON angela_queue.tasks (worker_id) WHERE
+    status = 'running';
+CREATE INDEX tasks_finished_at_idx ON angela_queue.tasks (finished_at) WHERE
+    finished_at IS NOT NULL;
 CREATE UNIQUE INDEX tasks_dedupe_key_idx ON angela_queue.tasks (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('pending', 'running');
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from types import MappingProxyType
-from typing import LiteralString, cast
+from typing import LiteralString
 
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
@@ -18,7 +18,7 @@ def parse(text: str) -> dict[str, LiteralString]:
         if name in queries:
             raise ValueError(f"duplicate query name {name!r} in queries.sql")
         lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
-        queries[name] = cast(LiteralString, "\n".join(lines).strip().rstrip(";"))
+        queries[name] = "\n".join(lines).strip().rstrip(";")
     return queries
 
 

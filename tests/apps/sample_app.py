@@ -16,7 +16,8 @@ app = App()
 _local = threading.local()
 
 CREATE_RUNS = """CREATE TABLE IF NOT EXISTS test_runs (
-    task_id bigint NOT NULL, attempt int NOT NULL, pid int NOT NULL, at timestamptz DEFAULT now())"""
+    task_id bigint NOT NULL, attempt int NOT NULL, pid int NOT NULL,
+    at timestamptz DEFAULT now())"""
 
 
 def _conn() -> psycopg.Connection[Any]:
@@ -28,8 +29,10 @@ def _conn() -> psycopg.Connection[Any]:
 
 
 def _record(task: Task, conn: psycopg.Connection[Any] | None = None) -> None:
-    (conn or _conn()).execute("INSERT INTO test_runs (task_id, attempt, pid) VALUES (%s, %s, %s)",
-                              (task.id, task.attempts, os.getpid()))
+    (conn or _conn()).execute(
+        "INSERT INTO test_runs (task_id, attempt, pid) VALUES (%s, %s, %s)",
+        (task.id, task.attempts, os.getpid()),
+    )
 
 
 @app.task("test.record")

@@ -13,12 +13,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_worker(dsn: str, *args: str, env: dict[str, str] | None = None,
-                 app: str = "tests.apps.sample_app:app") -> subprocess.Popen[str]:
+def start_worker(
+    dsn: str, *args: str, env: dict[str, str] | None = None, app: str = "tests.apps.sample_app:app"
+) -> subprocess.Popen[str]:
     full_env = {**os.environ, "ANGELA_QUEUE_DSN": dsn, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "angela_queue.cli", "worker", "--app", app, *args],
-        cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:

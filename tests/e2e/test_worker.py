@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import signal
 import time
 
@@ -52,13 +54,13 @@ def test_failing_task_is_retried_with_backoff_then_failed(dsn, runs):
         code, output = stop(worker)
     assert code == 0, output
     status, attempts, error = runs.execute(
-        "SELECT status, attempts, last_error FROM angela_queue.tasks WHERE id = %s",
-        (task_id,)).fetchone()
+        "SELECT status, attempts, last_error FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()
     assert (status, attempts) == ("failed", 3)
     assert "ValueError: boom on attempt 3" in error
     times = [t for (t,) in runs.execute("SELECT at FROM test_runs ORDER BY at").fetchall()]
     assert len(times) == 3
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     # Backoff with jitter: attempt 1 waits 0.1-0.2 s, attempt 2 waits 0.2-0.4 s.
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2, gaps
 
@@ -72,29 +74,48 @@ def test_sigterm_lets_the_running_task_finish_and_exits_zero(dsn, runs):
     worker.send_signal(signal.SIGTERM)
     code, output = stop(worker, timeout=30)
     assert code == 0, output
-    assert runs.execute("SELECT status FROM angela_queue.tasks WHERE id = %s",
-                        (task_id,)).fetchone()[0] == "succeeded"
+    assert (
+        runs.execute("SELECT status FROM angela_queue.tasks WHERE id = %s", (task_id,)).fetchone()[
+            0
+        ]
+        == "succeeded"
+    )
     assert runs.execute("SELECT count(*) FROM test_runs").fetchone()[0] == 1
     assert runs.execute("SELECT status FROM angela_queue.workers").fetchone()[0] == "dead"
+
+
+def succeeded(conn, task_id: int) -> bool:
+    return conn.execute(
+        "SELECT status = 'succeeded' FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()[0]
 
 
 def test_notify_wakes_an_idle_worker_within_milliseconds(dsn, runs):
     # A 30 s idle poll: only the NOTIFY can explain a fast start.
     worker = start_worker(dsn, env={"ANGELA_QUEUE_POLL_IDLE_S": "30"})
     try:
-        wait_for(lambda: runs.execute("SELECT count(*) FROM angela_queue.workers"
-                                      " WHERE status = 'idle'").fetchone()[0] == 1)
+        wait_for(
+            lambda: (
+                runs.execute(
+                    "SELECT count(*) FROM angela_queue.workers WHERE status = 'idle'"
+                ).fetchone()[0]
+                == 1
+            )
+        )
         time.sleep(0.5)  # the listener is up
         latencies = []
         for _ in range(5):
-            task_id = runs.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('test.record')"
-                                   " RETURNING id").fetchone()[0]
-            wait_for(lambda tid=task_id: runs.execute(
-                "SELECT status = 'succeeded' FROM angela_queue.tasks WHERE id = %s",
-                (tid,)).fetchone()[0], timeout=10, interval=0.01)
-            latencies.append(runs.execute(
-                "SELECT extract(epoch FROM started_at - enqueued_at) FROM angela_queue.tasks"
-                " WHERE id = %s", (task_id,)).fetchone()[0])
+            task_id = runs.execute(
+                "INSERT INTO angela_queue.tasks (kind) VALUES ('test.record') RETURNING id"
+            ).fetchone()[0]
+            wait_for(functools.partial(succeeded, runs, task_id), timeout=10, interval=0.01)
+            latencies.append(
+                runs.execute(
+                    "SELECT extract(epoch FROM started_at - enqueued_at) FROM angela_queue.tasks"
+                    " WHERE id = %s",
+                    (task_id,),
+                ).fetchone()[0]
+            )
     finally:
         code, output = stop(worker)
     assert code == 0, output
@@ -116,8 +137,10 @@ def test_async_and_transactional_handlers(dsn, runs):
     recorded = {t for (t,) in runs.execute("SELECT task_id FROM test_runs").fetchall()}
     # The failing transactional handler's write was rolled back with its task.
     assert recorded == {ok, tx_ok}
-    assert runs.execute("SELECT status FROM angela_queue.tasks WHERE id = %s",
-                        (tx_bad,)).fetchone()[0] == "failed"
+    assert (
+        runs.execute("SELECT status FROM angela_queue.tasks WHERE id = %s", (tx_bad,)).fetchone()[0]
+        == "failed"
+    )
 
 
 def test_async_handler_over_its_timeout_is_cancelled_and_retried(dsn, runs):
@@ -130,8 +153,9 @@ def test_async_handler_over_its_timeout_is_cancelled_and_retried(dsn, runs):
     finally:
         code, output = stop(worker)
     assert code == 0, output
-    error = runs.execute("SELECT last_error FROM angela_queue.tasks WHERE id = %s",
-                         (task_id,)).fetchone()[0]
+    error = runs.execute(
+        "SELECT last_error FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()[0]
     assert "timeout_s=1" in error
     assert runs.execute("SELECT count(*) FROM test_runs").fetchone()[0] == 0
 
@@ -146,13 +170,19 @@ def test_worker_refuses_an_unknown_queue_in_one_line(dsn):
 
 
 def test_worker_registers_and_heartbeats(dsn, conn):
-    worker = start_worker(dsn, env={"ANGELA_QUEUE_HEARTBEAT_S": "0.2",
-                                    "ANGELA_QUEUE_HEARTBEAT_TIMEOUT_S": "5"})
+    worker = start_worker(
+        dsn, env={"ANGELA_QUEUE_HEARTBEAT_S": "0.2", "ANGELA_QUEUE_HEARTBEAT_TIMEOUT_S": "5"}
+    )
     try:
-        first = wait_for(lambda: conn.execute(
-            "SELECT heartbeat_at FROM angela_queue.workers").fetchone())[0]
-        wait_for(lambda: conn.execute("SELECT heartbeat_at > %s FROM angela_queue.workers",
-                                      (first,)).fetchone()[0], timeout=5)
+        first = wait_for(
+            lambda: conn.execute("SELECT heartbeat_at FROM angela_queue.workers").fetchone()
+        )[0]
+        wait_for(
+            lambda: conn.execute(
+                "SELECT heartbeat_at > %s FROM angela_queue.workers", (first,)
+            ).fetchone()[0],
+            timeout=5,
+        )
         row = conn.execute("SELECT pid, queues, kinds, status FROM angela_queue.workers").fetchone()
     finally:
         stop(worker)

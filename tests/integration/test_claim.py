@@ -24,7 +24,8 @@ def add(conn, priority=5, minutes_ago=0.0, kind="a.b", queue="default") -> int:
     return conn.execute(
         "INSERT INTO angela_queue.tasks (kind, queue, priority, enqueued_at)"
         " VALUES (%s, %s, %s, now() - make_interval(secs => %s)) RETURNING id",
-        (kind, queue, priority, minutes_ago * 60)).fetchone()[0]
+        (kind, queue, priority, minutes_ago * 60),
+    ).fetchone()[0]
 
 
 def test_aged_low_priority_task_runs_before_a_fresh_high_one(dsn, conn):
@@ -40,8 +41,8 @@ def test_claim_follows_effective_priority(dsn, conn):
     ids = {
         "p5_fresh": add(conn, 5),
         "p8_fresh": add(conn, 8),
-        "p3_20min": add(conn, 3, 20),   # 3 + 6 = 9
-        "p6_5min": add(conn, 6, 5),     # 6 + 1.5 = 7.5
+        "p3_20min": add(conn, 3, 20),  # 3 + 6 = 9
+        "p6_5min": add(conn, 6, 5),  # 6 + 1.5 = 7.5
         "p10": add(conn, 10),
     }
     got = [t.id for t in claim(dsn, 5)]
@@ -54,11 +55,15 @@ def test_equal_priority_is_first_in_first_out(dsn, conn):
 
 
 def test_boost_counts_in_the_order(dsn, conn):
-    conn.execute("INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
-                 " VALUES ('emotional', '$.emotional == true', 2)")
+    conn.execute(
+        "INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
+        " VALUES ('emotional', '$.emotional == true', 2)"
+    )
     plain = add(conn, 6)
-    boosted = conn.execute("INSERT INTO angela_queue.tasks (kind, priority, payload)"
-                           " VALUES ('a.b', 5, '{\"emotional\": true}') RETURNING id").fetchone()[0]
+    boosted = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, priority, payload)"
+        " VALUES ('a.b', 5, '{\"emotional\": true}') RETURNING id"
+    ).fetchone()[0]
     got = claim(dsn, 2)
     assert [t.id for t in got] == [boosted, plain]
     assert (got[0].boost, got[0].tier) == (2, "high")
@@ -66,9 +71,9 @@ def test_boost_counts_in_the_order(dsn, conn):
 
 def test_queues_with_different_aging_rates_merge_by_effective_priority(dsn, conn):
     conn.execute("INSERT INTO angela_queue.queues (name, aging_rate) VALUES ('fast', 1.0)")
-    slow = add(conn, 5, 10, queue="default")   # 5 + 0.3 × 10 = 8
-    fast = add(conn, 5, 10, queue="fast")      # 5 + 1.0 × 10 = 15
-    top = add(conn, 9, 0, queue="default")     # 9
+    slow = add(conn, 5, 10, queue="default")  # 5 + 0.3 × 10 = 8
+    fast = add(conn, 5, 10, queue="fast")  # 5 + 1.0 × 10 = 15
+    top = add(conn, 9, 0, queue="default")  # 9
     got = claim(dsn, 3, queues=("default", "fast"))
     assert [t.id for t in got] == [fast, top, slow]
 
@@ -77,8 +82,9 @@ def test_claim_marks_rows_running_and_counts_the_attempt(dsn, conn):
     task_id = add(conn)
     (task,) = claim(dsn, 5, worker_id=42)
     assert task.id == task_id and task.attempts == 1 and task.worker_id == 42
-    status, started = conn.execute("SELECT status, started_at IS NOT NULL FROM angela_queue.tasks"
-                                   " WHERE id = %s", (task_id,)).fetchone()
+    status, started = conn.execute(
+        "SELECT status, started_at IS NOT NULL FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()
     assert (status, started) == ("running", True)
     assert claim(dsn, 5) == []
 
@@ -112,8 +118,10 @@ def test_claim_skips_rows_locked_by_another_claim(dsn, conn):
 
 
 def test_scheduled_task_is_claimed_only_after_promotion_when_due(dsn, conn):
-    soon = conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) VALUES"
-                        " ('a.b', now() + interval '300 milliseconds') RETURNING id").fetchone()[0]
+    soon = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, run_at) VALUES"
+        " ('a.b', now() + interval '300 milliseconds') RETURNING id"
+    ).fetchone()[0]
     assert claim(dsn, 5) == []
 
     async def promote():
@@ -137,12 +145,14 @@ def test_late_completion_after_a_reclaim_is_a_no_op(dsn, conn):
     async def complete(worker_id, attempts):
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
             return await AsyncTaskStore(c).task_complete_many(
-                worker_id, [Outcome(task_id, attempts, True, result={"by": worker_id})])
+                worker_id, [Outcome(task_id, attempts, True, result={"by": worker_id})]
+            )
 
     assert asyncio.run(complete(1, task.attempts)) == set()
     assert asyncio.run(complete(2, rerun.attempts)) == {task_id}
-    assert conn.execute("SELECT status, result FROM angela_queue.tasks WHERE id = %s",
-                        (task_id,)).fetchone() == ("succeeded", {"by": 2})
+    assert conn.execute(
+        "SELECT status, result FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchone() == ("succeeded", {"by": 2})
 
 
 def test_claim_plan_walks_the_index_and_never_sorts_the_pending_set(dsn, conn):
@@ -152,17 +162,22 @@ def test_claim_plan_walks_the_index_and_never_sorts_the_pending_set(dsn, conn):
         SELECT (ARRAY['a.b', 'c.d', 'e.f'])[1 + i % 3], (ARRAY['default', 'other'])[1 + i % 2],
                1 + i % 10, now() - make_interval(secs => i % 3600)
           FROM generate_series(1, 20000) i""")
-    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now()"
-                 " WHERE id % 2 = 0")
+    conn.execute(
+        "UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id % 2 = 0"
+    )
     conn.execute("ANALYZE angela_queue.tasks")
     params = claim_params(1, ["default", "other"], ["a.b", "c.d"], 10, None)
     # Plain EXPLAIN plans the UPDATE without running it.
-    plan = conn.execute(b"EXPLAIN (FORMAT JSON) " + QUERIES["task_claim"].encode(),
-                        params).fetchone()[0]
+    plan = conn.execute(
+        b"EXPLAIN (FORMAT JSON) " + QUERIES["task_claim"].encode(), params
+    ).fetchone()[0]
     root = plan[0]["Plan"] if isinstance(plan, list) else json.loads(plan)[0]["Plan"]
     scans = list(walk(root, []))
-    task_scans = [(node, path) for node, path in scans
-                  if node.get("Relation Name") == "tasks" and "Scan" in node["Node Type"]]
+    task_scans = [
+        (node, path)
+        for node, path in scans
+        if node.get("Relation Name") == "tasks" and "Scan" in node["Node Type"]
+    ]
     assert task_scans, "the plan reads no tasks?"
     for node, path in task_scans:
         assert node["Node Type"] in ("Index Scan", "Index Only Scan"), node["Node Type"]
@@ -171,9 +186,10 @@ def test_claim_plan_walks_the_index_and_never_sorts_the_pending_set(dsn, conn):
             # Between the last Sort above this scan and the scan, a Limit caps the rows:
             # the sort only ever merges a few candidates, never the pending set.
             kinds = [p["Node Type"] for p in path]
-            last_sort = max((i for i, k in enumerate(kinds) if k in ("Sort", "Incremental Sort")),
-                            default=-1)
-            assert "Limit" in kinds[last_sort + 1:], kinds
+            last_sort = max(
+                (i for i, k in enumerate(kinds) if k in ("Sort", "Incremental Sort")), default=-1
+            )
+            assert "Limit" in kinds[last_sort + 1 :], kinds
 
 
 def walk(node: dict[str, Any], path: list[dict[str, Any]]):

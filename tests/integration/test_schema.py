@@ -38,15 +38,23 @@ def test_raw_insert_with_only_kind_gets_every_default(conn):
 
 @pytest.mark.parametrize(
     ("priority", "tier", "target"),
-    [(10, "critical", timedelta(seconds=1)), (9, "critical", timedelta(seconds=1)),
-     (8, "high", timedelta(minutes=1)), (7, "high", timedelta(minutes=1)),
-     (6, "medium", timedelta(minutes=5)), (5, "medium", timedelta(minutes=5)),
-     (4, "low", timedelta(minutes=30)), (1, "low", timedelta(minutes=30))],
+    [
+        (10, "critical", timedelta(seconds=1)),
+        (9, "critical", timedelta(seconds=1)),
+        (8, "high", timedelta(minutes=1)),
+        (7, "high", timedelta(minutes=1)),
+        (6, "medium", timedelta(minutes=5)),
+        (5, "medium", timedelta(minutes=5)),
+        (4, "low", timedelta(minutes=30)),
+        (1, "low", timedelta(minutes=30)),
+    ],
 )
 def test_tier_and_deadline_follow_the_priority(conn, priority, tier, target):
     row = conn.execute(
         "INSERT INTO angela_queue.tasks (kind, priority) VALUES ('a.b', %s)"
-        " RETURNING tier, deadline_at - enqueued_at", (priority,)).fetchone()
+        " RETURNING tier, deadline_at - enqueued_at",
+        (priority,),
+    ).fetchone()
     assert row == (tier, target)
 
 
@@ -101,7 +109,8 @@ def test_default_payload_limit_is_one_mebibyte(conn):
 def test_scheduled_task_stays_out_of_the_claim_path_and_ages_from_run_at(conn):
     ready, aging_from, run_at = conn.execute(
         "INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('a.b', now() + interval '1 hour')"
-        " RETURNING ready, aging_from, run_at").fetchone()
+        " RETURNING ready, aging_from, run_at"
+    ).fetchone()
     assert ready is False
     assert aging_from == run_at
 
@@ -115,13 +124,16 @@ def test_backdated_enqueued_at_counts_for_aging(conn):
 
 
 def test_boost_rules_apply_at_insert_and_errors_count_as_no_match(conn):
-    conn.execute("INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
-                 " VALUES ('urgent', '$.text like_regex \"urgent\" flag \"i\"', 3),"
-                 " ('weird', '$.n > 5', 1)")
+    conn.execute(
+        "INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
+        " VALUES ('urgent', '$.text like_regex \"urgent\" flag \"i\"', 3),"
+        " ('weird', '$.n > 5', 1)"
+    )
     boost, tier = conn.execute(
         "INSERT INTO angela_queue.tasks (kind, payload, priority)"
-        " VALUES ('a.b', '{\"text\": \"URGENT please\", \"n\": \"not a number\"}', 5)"
-        " RETURNING boost, tier").fetchone()
+        ' VALUES (\'a.b\', \'{"text": "URGENT please", "n": "not a number"}\', 5)'
+        " RETURNING boost, tier"
+    ).fetchone()
     assert (boost, tier) == (3, "high")
 
 
@@ -144,7 +156,9 @@ def test_raw_insert_notifies_listeners_with_the_queue(dsn, conn):
 def test_scheduled_insert_does_not_notify(dsn, conn):
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN angela_queue")
-        conn.execute("INSERT INTO angela_queue.tasks (kind, run_at)"
-                     " VALUES ('a.b', now() + interval '1 hour')")
+        conn.execute(
+            "INSERT INTO angela_queue.tasks (kind, run_at)"
+            " VALUES ('a.b', now() + interval '1 hour')"
+        )
         notes = list(listener.notifies(timeout=0.3))
     assert notes == []

@@ -1,0 +1,46 @@
+# angela-queue — `make help` lists the targets. Everything runs from a fresh clone with only
+# Python 3.11+ on the machine: the first target that needs it creates .venv and installs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test/fast lint format typecheck demo bench check clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install the package with its dev tools
+
+test: install ## the whole suite on real PostgreSQL (embedded, or ANGELA_QUEUE_TEST_DSN)
+	$(BIN)/pytest
+
+test/fast: install ## the suite without the multi-process tests
+	$(BIN)/pytest -m "not slow"
+
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: install ## the "learning workers" demo on the embedded PostgreSQL (or ANGELA_QUEUE_DSN)
+	$(BIN)/python scripts/demo.py
+
+bench: install ## enqueue rate, drain rate and wake-up latency (scripts/bench.py)
+	$(BIN)/python scripts/bench.py
+
+check: lint test ## exactly what CI runs
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

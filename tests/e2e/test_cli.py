@@ -1,0 +1,123 @@
+"""The CLI as a user types it: results on stdout, every bad input one line on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.helpers import ROOT
+
+
+def cli(*args: str, dsn: str | None = None, env: dict[str, str] | None = None):
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("ANGELA_QUEUE_DSN", "DATABASE_URL")
+    }
+    if dsn is not None:
+        full_env["ANGELA_QUEUE_DSN"] = dsn
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "angela_queue.cli", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_migrate_creates_the_schema_and_is_idempotent(empty_dsn):
+    first = cli("migrate", dsn=empty_dsn)
+    assert first.returncode == 0, first.stderr
+    assert "revision 0001" in first.stdout
+    again = cli("migrate", dsn=empty_dsn)
+    assert again.returncode == 0 and "revision 0001" in again.stdout
+
+
+def test_enqueue_then_status_json(dsn):
+    result = cli(
+        "enqueue", "conversation.analyze", "--payload", '{"text": "hi"}', "--priority", "8", dsn=dsn
+    )
+    assert result.returncode == 0, result.stderr
+    task_id = int(result.stdout.strip())
+    status = cli("status", "--json", dsn=dsn)
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert {"queue": "default", "tier": "high", "pending": 1}.items() <= data["queues"][0].items()
+    assert task_id > 0
+
+
+def test_status_table(dsn):
+    cli("enqueue", "conversation.analyze", dsn=dsn)
+    result = cli("status", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "default" in result.stdout and "medium" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("enqueue", "a.b", "--payload", "{nope"), "--payload is not valid JSON"),
+        (("enqueue", "a.b", "--payload", "[1]"), "--payload must be a JSON object"),
+        (("enqueue", "a.b", "--priority", "11"), "--priority must be between 1 and 10"),
+        (("enqueue", "a.b", "--queue", "nope"), "unknown queue 'nope'"),
+        (("enqueue", "Bad Kind"), "invalid kind"),
+        (("queue", "set", "q1", "--aging-rate", "-1"), "aging_rate must be between"),
+        (("queue", "set", "Bad Name"), "invalid queue name"),
+        (("worker", "--app", "nomodule_xyz:app"), "cannot import 'nomodule_xyz'"),
+        (("worker", "--app", "json:dumps"), "is not an angela_queue.App"),
+        (("worker", "--app", "nocolon"), "--app must look like MODULE:ATTR"),
+    ],
+)
+def test_bad_input_is_one_line(dsn, args, fragment):
+    assert_one_line_error(cli(*args, dsn=dsn), fragment)
+
+
+def test_unmigrated_database_says_so(empty_dsn):
+    assert_one_line_error(cli("status", dsn=empty_dsn), "angela-queue migrate")
+
+
+def test_unreachable_database_is_one_line_and_hides_the_password():
+    dsn = "postgresql://app:s3cret@127.0.0.1:1/jobs?connect_timeout=2"
+    for args in (("status",), ("enqueue", "a.b"), ("migrate",)):
+        result = cli(*args, dsn=dsn)
+        assert_one_line_error(result, "cannot connect")
+        assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_queue_set_and_list(dsn):
+    result = cli("queue", "set", "learning", "--aging-rate", "0.5", "--pause", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    listed = cli("queue", "list", dsn=dsn)
+    assert "learning: aging_rate=0.5 paused=True" in listed.stdout
+
+
+def test_bad_setting_in_environment_is_one_line(dsn):
+    result = cli("status", dsn=dsn, env={"ANGELA_QUEUE_CONCURRENCY": "lots"})
+    assert_one_line_error(result, "concurrency")
+
+
+def test_every_command_has_help():
+    for args in (
+        ("--help",),
+        ("worker", "--help"),
+        ("enqueue", "--help"),
+        ("migrate", "--help"),
+        ("status", "--help"),
+        ("queue", "set", "--help"),
+        ("db", "start", "--help"),
+    ):
+        result = cli(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Usage" in result.stdout

@@ -1,0 +1,66 @@
+"""Pure pieces: retry backoff, adaptive poll, SQL loader, registry, errors."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from angela_queue import errors, retry
+from angela_queue.registry import Handler, Registry
+from angela_queue.sql import QUERIES, parse
+from angela_queue.worker import poll_interval
+
+
+def test_backoff_doubles_and_keeps_at_least_half_the_delay():
+    rand = random.Random(1)
+    for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0)]:
+        samples = [retry.backoff_s(attempt, 1.0, 3600.0, rand) for _ in range(200)]
+        assert min(samples) >= full / 2
+        assert max(samples) <= full
+        assert max(samples) - min(samples) > full / 4  # jitter spreads them
+
+
+def test_backoff_is_capped():
+    assert retry.backoff_s(40, 1.0, 60.0, random.Random(0)) <= 60.0
+
+
+def test_next_attempt_is_none_when_attempts_are_used_up():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert retry.next_attempt_at(3, 3, now, 1.0, 60.0) is None
+    later = retry.next_attempt_at(1, 3, now, 1.0, 60.0, delay_s=7.0)
+    assert later == now + timedelta(seconds=7)
+
+
+@pytest.mark.parametrize(
+    ("pending", "expected"), [(0, 1.0), (5, 1.0), (6, 0.5), (20, 0.5), (21, 0.1), (500, 0.1)]
+)
+def test_adaptive_poll_interval(pending, expected):
+    assert poll_interval(pending, 0.1, 0.5, 1.0) == expected
+
+
+def test_every_query_is_loaded_without_comment_lines():
+    assert {"task_claim", "task_insert", "task_complete_many", "task_fail_many"} <= set(QUERIES)
+    for text in QUERIES.values():
+        assert not any(line.lstrip().startswith("--") for line in text.splitlines())
+
+
+def test_duplicate_query_names_are_an_error():
+    with pytest.raises(ValueError, match="duplicate"):
+        parse("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+
+
+def test_registry_refuses_bad_and_duplicate_kinds_and_suggests_names():
+    reg = Registry()
+    reg.add(Handler("conversation.analyze", lambda t: None, is_async=False))
+    with pytest.raises(errors.ConfigurationError, match="already registered"):
+        reg.add(Handler("conversation.analyze", lambda t: None, is_async=False))
+    with pytest.raises(errors.ConfigurationError, match="invalid kind"):
+        reg.add(Handler("Bad Kind", lambda t: None, is_async=False))
+    with pytest.raises(errors.TaskNotRegistered, match="did you mean 'conversation.analyze'"):
+        reg.get("conversation.analyse")
+
+
+def test_error_defaults_to_its_docstring():
+    assert str(errors.SchemaError()).startswith("The database schema is missing")
