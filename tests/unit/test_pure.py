@@ -58,7 +58,7 @@ def test_registry_refuses_bad_and_duplicate_kinds_and_suggests_names():
         reg.add(Handler("conversation.analyze", lambda t: None, is_async=False))
     with pytest.raises(errors.ConfigurationError, match="invalid kind"):
         reg.add(Handler("Bad Kind", lambda t: None, is_async=False))
-    with pytest.raises(errors.TaskNotRegistered, match="did you mean 'conversation.analyze'"):
+    with pytest.raises(errors.TaskNotRegistered, match=r"did you mean 'conversation\.analyze'"):
         reg.get("conversation.analyse")
 
 
