@@ -44,6 +44,9 @@ class TaskRunner:
         self.threads = threads
         self.async_pool = async_pool
         self.sync_pool = sync_pool
+        # Threads of sync handlers that outlived their timeout, by task id: their outcome is
+        # recorded, but their slot stays taken until they return.
+        self.lingering: dict[int, asyncio.Future[Any]] = {}
 
     async def run(self, handler: Handler, task: Task) -> Outcome | None:
         """Run ``task``; returns the Outcome to record, or None when it is already recorded
@@ -64,6 +67,10 @@ class TaskRunner:
         except Exception as exc:
             text = "".join(traceback.format_exception(exc))
             return self.failure(task, text[-MAX_ERROR_CHARS:])
+
+    def released(self, task: Task, reason: str) -> Outcome:
+        """Back to pending at once, even on its last attempt: a shutdown never fails a task."""
+        return Outcome(task.id, task.attempts, False, error=reason, retry_at=datetime.now(UTC))
 
     def failure(self, task: Task, error: str, delay_s: float | None = None) -> Outcome:
         retry_at = retry.next_attempt_at(
@@ -87,6 +94,7 @@ class TaskRunner:
             # A thread cannot be interrupted: the outcome is recorded now, and the slot stays
             # taken until the thread returns (its late result is fenced off).
             future.add_done_callback(_ignore_result)
+            self.lingering[task.id] = future
             raise
 
     async def _run_transactional(self, handler: Handler, task: Task) -> None:
@@ -108,6 +116,7 @@ class TaskRunner:
             await asyncio.wait_for(asyncio.shield(future), timeout=task.timeout_s)
         except TimeoutError:
             future.add_done_callback(_ignore_result)
+            self.lingering[task.id] = future
             raise
 
     def _sync_transactional(self, handler: Handler, task: Task) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +32,7 @@ from angela_queue.types import Task
 log = logging.getLogger("angela_queue.worker")
 
 PROMOTE_EVERY_S = 0.25
+TASK_THREAD_PREFIX = "angela-queue-task"
 BUSY_PENDING = 20
 NORMAL_PENDING = 5
 
@@ -112,7 +114,7 @@ class Worker:
         )
         heart.start()
         threads = ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix="angela-queue-task"
+            max_workers=self.concurrency, thread_name_prefix=TASK_THREAD_PREFIX
         )
         async_pool, sync_pool = self._transactional_pools(dsn)
         if async_pool is not None:
@@ -221,26 +223,41 @@ class Worker:
         try:
             outcome = await runner.run(self.app.registry.get(task.kind), task)
         except asyncio.CancelledError:
-            outcome = runner.failure(task, "Cancelled: the worker shut down before it finished")
+            outcome = runner.released(task, "Released: the worker shut down before it finished")
             raise
         finally:
-            self._running.pop(task.id, None)
-            succeeded = outcome is None or outcome.succeeded
-            ms = self.counters.finished(task.id, succeeded)
-            if outcome is not None:
-                self._outcomes.append(outcome)
-            if not succeeded and outcome is not None:
-                log.warning(
-                    "task %s (%s) attempt %s/%s failed in %.0f ms%s: %s",
+            self._record(task, outcome)
+            lingering = runner.lingering.pop(task.id, None)
+            if lingering is not None and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                log.error(
+                    "task %s: sync handler still running past timeout_s=%s; its slot "
+                    "stays taken until it returns",
                     task.id,
-                    task.kind,
-                    task.attempts,
-                    task.max_attempts,
-                    ms,
-                    "; will retry" if outcome.retry_at else "; giving up",
-                    (outcome.error or "").strip().splitlines()[-1],
+                    task.timeout_s,
                 )
+                with contextlib.suppress(BaseException):
+                    await lingering
+            self._running.pop(task.id, None)
             self._wake.set()
+
+    def _record(self, task: Task, outcome: Outcome | None) -> None:
+        succeeded = outcome is None or outcome.succeeded
+        ms = self.counters.finished(task.id, succeeded)
+        if outcome is None:
+            return
+        self._outcomes.append(outcome)
+        self._wake.set()  # the outcome is written at the next turn of the loop
+        if not succeeded:
+            log.warning(
+                "task %s (%s) attempt %s/%s failed in %.0f ms%s: %s",
+                task.id,
+                task.kind,
+                task.attempts,
+                task.max_attempts,
+                ms,
+                "; will retry" if outcome.retry_at else "; giving up",
+                (outcome.error or "").strip().splitlines()[-1],
+            )
 
     async def _flush(self, store: AsyncTaskStore) -> None:
         """Write buffered outcomes: one statement for successes, one for failures."""
@@ -335,3 +352,8 @@ def run_worker(
         await worker.run()
 
     asyncio.run(main())
+    if any(t.name.startswith(TASK_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()):
+        # A sync handler that cannot be interrupted is still running; its task was released.
+        # Exiting now, rather than joining it, keeps the shutdown bounded.
+        logging.shutdown()
+        os._exit(0)

@@ -188,3 +188,43 @@ def test_worker_registers_and_heartbeats(dsn, conn):
         stop(worker)
     assert row[0] == worker.pid
     assert row[1] == ["default"] and "test.record" in row[2] and row[3] == "idle"
+
+
+def test_sync_handler_past_its_timeout_is_failed_but_keeps_its_slot(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    slow = app.enqueue("test.slow", {"seconds": 3}, timeout_s=1, max_attempts=1, priority=9)
+    after = app.enqueue("test.record", priority=1)
+    app.close()
+    worker = start_worker(dsn, "--concurrency", "1")
+    try:
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 1, timeout=30)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    status, error, slow_started = runs.execute(
+        "SELECT status, last_error, started_at FROM angela_queue.tasks WHERE id = %s", (slow,)
+    ).fetchone()
+    assert status == "failed" and "timeout_s=1" in error
+    after_started = runs.execute(
+        "SELECT started_at FROM angela_queue.tasks WHERE id = %s", (after,)
+    ).fetchone()[0]
+    # The one slot was held until the slow thread returned (3 s), not just its timeout (1 s).
+    assert (after_started - slow_started).total_seconds() >= 2.9
+
+
+def test_shutdown_past_the_grace_period_releases_the_task_and_exits_zero(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    task_id = app.enqueue("test.slow", {"seconds": 60}, max_attempts=1, timeout_s=120)
+    app.close()
+    worker = start_worker(dsn, env={"ANGELA_QUEUE_SHUTDOWN_GRACE_S": "1"})
+    wait_for(lambda: count(runs, "status = 'running'") == 1, timeout=20)
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code, output = stop(worker, timeout=30)
+    assert code == 0, output
+    assert time.monotonic() - started < 10
+    status, error = runs.execute(
+        "SELECT status, last_error FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()
+    # Even on its last attempt, a task interrupted by a shutdown goes back to pending.
+    assert status == "pending" and "shut down" in error
