@@ -130,7 +130,7 @@ def test_bad_kind_and_payload_raise_invalid_task(app):
     with pytest.raises(errors.InvalidTask, match="lowercase dotted"):
         app.enqueue("Not A Kind")
     with pytest.raises(errors.InvalidTask, match="JSON object"):
-        app.enqueue("conversation.analyze", ["not", "an", "object"])  # type: ignore[arg-type]
+        app.enqueue("conversation.analyze", ["not", "an", "object"])
 
 
 def test_unknown_enqueue_option_is_a_type_error(app):
