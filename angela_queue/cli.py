@@ -293,7 +293,7 @@ def main() -> None:
     import psycopg
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit
     except (CliError, errors.AngelaQueueError) as exc:
         _fail(str(exc))
     except psycopg.Error as exc:
@@ -310,6 +310,7 @@ def main() -> None:
         else:
             err.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from angela_queue import App, Task
+from angela_queue import App, Retry, Task
 
 app = App()
 _local = threading.local()
@@ -74,3 +74,10 @@ def tx(task: Task) -> None:
     _record(task, task.conn)
     if task.payload.get("fail"):
         raise RuntimeError("rolled back")
+
+
+@app.task("test.retry_later")
+def retry_later(task: Task) -> None:
+    _record(task)
+    if task.attempts == 1:
+        raise Retry(delay_s=float(task.payload.get("delay_s", 0.5)), reason="not yet")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -121,3 +123,47 @@ def test_every_command_has_help():
         result = cli(*args)
         assert result.returncode == 0, (args, result.stderr)
         assert "Usage" in result.stdout
+
+
+def test_status_watch_refreshes(dsn):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "angela_queue.cli", "status", "--watch", "0.3"],
+        cwd=ROOT,
+        env={**os.environ, "ANGELA_QUEUE_DSN": dsn},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert out.count("workers") >= 2, out
+    assert "Traceback" not in err
+
+
+def test_embedded_db_commands(tmp_path):
+    env = {"ANGELA_QUEUE_PGDATA": str(tmp_path / "pgdata")}
+    stopped = cli("db", "status", env=env)
+    assert stopped.returncode == 1 and "stopped" in stopped.stdout
+    assert_one_line_error(cli("db", "url", env=env), "not running")
+    try:
+        started = cli("db", "start", env=env)
+        assert started.returncode == 0, started.stderr
+        url = started.stdout.strip()
+        assert url.startswith("postgresql://")
+        # A handle left by a SIGKILLed process does not block the next start.
+        handles = tmp_path / "pgdata" / ".handle_pids.json"
+        handles.write_text("[999999999]")
+        again = cli("db", "start", env=env)
+        assert again.returncode == 0 and again.stdout.strip() == url
+        assert cli("db", "url", env=env).stdout.strip() == url
+        running = cli("db", "status", env=env)
+        assert running.returncode == 0 and "running" in running.stdout
+        migrated = cli("migrate", env=env)  # no DSN: the embedded server is used
+        assert migrated.returncode == 0, migrated.stderr
+    finally:
+        assert "stopped" in cli("db", "stop", env=env).stdout
+    assert cli("db", "status", env=env).returncode == 1
+    assert "not running" in cli("db", "stop", env=env).stdout

@@ -228,3 +228,44 @@ def test_shutdown_past_the_grace_period_releases_the_task_and_exits_zero(dsn, ru
     ).fetchone()
     # Even on its last attempt, a task interrupted by a shutdown goes back to pending.
     assert status == "pending" and "shut down" in error
+
+
+def test_handler_can_ask_for_a_retry_after_a_delay(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    task_id = app.enqueue("test.retry_later", {"delay_s": 1.5})
+    app.close()
+    worker = start_worker(dsn)
+    try:
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 1, timeout=30)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    first, second = [t for (t,) in runs.execute("SELECT at FROM test_runs ORDER BY at")]
+    assert (second - first).total_seconds() >= 1.5
+    assert (
+        runs.execute(
+            "SELECT attempts FROM angela_queue.tasks WHERE id = %s", (task_id,)
+        ).fetchone()[0]
+        == 2
+    )
+
+
+def test_poll_only_worker_serves_without_listen(dsn, runs):
+    worker = start_worker(dsn, "--no-listen")
+    try:
+        wait_for(
+            lambda: (
+                runs.execute(
+                    "SELECT count(*) FROM angela_queue.workers WHERE status = 'idle'"
+                ).fetchone()[0]
+                == 1
+            )
+        )
+        runs.execute(
+            "INSERT INTO angela_queue.tasks (kind) SELECT 'test.record' FROM generate_series(1, 30)"
+        )
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 30, timeout=30)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    assert "LISTEN" not in output and "listener" not in output
