@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
@@ -29,7 +30,7 @@ class App:
 
     def __init__(self, settings: Settings | None = None, *, dsn: str | None = None) -> None:
         base = settings or Settings.load()
-        self.settings = base if dsn is None else Settings(**{**base.__dict__, "dsn": dsn})
+        self.settings = base if dsn is None else dataclasses.replace(base, dsn=dsn)
         self.registry = Registry()
         self._dsn: str | None = self.settings.dsn
         self._pool: ConnectionPool | None = None
@@ -78,6 +79,13 @@ class App:
         if self._dsn is None:
             self._dsn = embedded.start(self.settings.pgdata)
         return self._dsn
+
+    def use_dsn(self, dsn: str) -> None:
+        """Point this App at another database (before it has opened connections)."""
+        if self._pool is not None or self._async_pool is not None:
+            raise errors.ConfigurationError("use_dsn() after connections were opened")
+        self.settings = dataclasses.replace(self.settings, dsn=dsn)
+        self._dsn = dsn
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new synchronous connection (the caller closes it)."""

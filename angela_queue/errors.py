@@ -7,6 +7,7 @@
     ├── InvalidTask             the database refused the task (kind, priority, payload …)
     │   ├── UnknownQueue        the queue does not exist
     │   └── PayloadTooLarge     the payload is over the size limit
+    ├── InvalidRule             a boost rule or rule variable the database refused
     ├── TaskNotFound            no task with that id
     └── DatabaseError           any other database failure (``__cause__`` keeps the original)
 
@@ -64,6 +65,10 @@ class UnknownQueue(InvalidTask):
 
 class PayloadTooLarge(InvalidTask):
     """The payload is larger than the configured limit."""
+
+
+class InvalidRule(AngelaQueueError):
+    """The boost rule was refused."""
 
 
 class TaskNotFound(AngelaQueueError):

@@ -36,6 +36,10 @@ _CONSTRAINT_MESSAGES = {
     "tasks_dedupe_key_check": "dedupe_key must be at most 500 characters",
     "queues_name_check": "invalid queue name: lowercase letters, digits, '_', '.', '-'",
     "queues_aging_rate_check": "aging_rate must be between 0 and 60 points per minute",
+    "boost_rules_boost_check": "boost must be between -9 and 9",
+    "boost_rules_name_check": "invalid rule name: lowercase letters, digits, '_', '.', '-'",
+    "rule_vars_name_check": "invalid variable name: lowercase letters, digits and '_'",
+    "tiers_target_wait_check": "a target wait cannot be negative",
 }
 
 
@@ -77,6 +81,17 @@ def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueu
     if isinstance(exc, pg_errors.InvalidTextRepresentation | pg_errors.NumericValueOutOfRange):
         return errors.InvalidTask(message)
     return errors.DatabaseError(message)
+
+
+def _rule_error(exc: psycopg.Error) -> errors.AngelaQueueError:
+    message = (exc.diag.message_primary or str(exc)).strip()
+    if exc.sqlstate == "AQ004":
+        return errors.InvalidRule(message)
+    if isinstance(exc, pg_errors.CheckViolation):
+        return errors.InvalidRule(_CONSTRAINT_MESSAGES.get(exc.diag.constraint_name or "", message))
+    if isinstance(exc, pg_errors.SyntaxError | pg_errors.UndefinedObject | pg_errors.DataError):
+        return errors.InvalidRule(f"invalid predicate: {message}")
+    return translate(exc)
 
 
 def insert_params(req: EnqueueRequest) -> dict[str, Any]:
@@ -227,6 +242,78 @@ class TaskStore:
     def worker_mark_dead(self, worker_id: int) -> None:
         with translate_errors():
             self.conn.execute(Q["worker_mark_dead"], {"id": worker_id})
+
+    # -- priority administration (rules, variables, tiers) ------------------------------------
+
+    def rule_list(self) -> list[dict[str, Any]]:
+        return self._rows("rule_list", {})
+
+    def rule_insert(
+        self, name: str, predicate: str, boost: int, enabled: bool, description: str
+    ) -> dict[str, Any]:
+        """Store a rule; a predicate PostgreSQL cannot parse or evaluate raises InvalidRule."""
+        params = {
+            "name": name,
+            "predicate": predicate,
+            "boost": boost,
+            "enabled": enabled,
+            "description": description,
+        }
+        try:
+            rows = self._rows("rule_insert", params, raw=True)
+        except pg_errors.UniqueViolation as exc:
+            raise errors.InvalidRule(f"a rule named {name!r} already exists") from exc
+        except psycopg.Error as exc:
+            raise _rule_error(exc) from exc
+        return rows[0]
+
+    def rule_set_enabled(self, name: str, enabled: bool) -> bool:
+        return bool(self._rows("rule_set_enabled", {"name": name, "enabled": enabled}))
+
+    def rule_delete(self, name: str) -> bool:
+        return bool(self._rows("rule_delete", {"name": name}))
+
+    def rule_match(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._rows("rule_match", {"payload": Jsonb(payload)})
+
+    def rule_var_list(self) -> list[dict[str, Any]]:
+        return self._rows("rule_var_list", {})
+
+    def rule_var_set(self, name: str, value: Any) -> None:
+        try:
+            self._rows("rule_var_set", {"name": name, "value": Jsonb(value)}, raw=True)
+        except psycopg.Error as exc:
+            raise _rule_error(exc) from exc
+
+    def rule_var_delete(self, name: str) -> bool:
+        try:
+            return bool(self._rows("rule_var_delete", {"name": name}, raw=True))
+        except psycopg.Error as exc:
+            raise _rule_error(exc) from exc
+
+    def tier_list(self) -> list[dict[str, Any]]:
+        return self._rows("tier_list", {})
+
+    def tier_set_target_wait(self, tier: str, seconds: float) -> bool:
+        return bool(self._rows("tier_set_target_wait", {"tier": tier, "seconds": seconds}))
+
+    def tier_slo_list(self) -> list[dict[str, Any]]:
+        return self._rows("tier_slo_list", {})
+
+    def queue_set_target_wait(self, name: str, tier: str, seconds: float | None) -> bool:
+        return bool(
+            self._rows("queue_set_target_wait", {"name": name, "tier": tier, "seconds": seconds})
+        )
+
+    def _rows(self, query: str, params: dict[str, Any], raw: bool = False) -> list[dict[str, Any]]:
+        """Run a named query and return its rows as dicts (errors translated unless raw)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            if raw:
+                cur.execute(Q[query], params)
+            else:
+                with translate_errors():
+                    cur.execute(Q[query], params)
+            return cur.fetchall() if cur.description else []
 
 
 class AsyncTaskStore:

@@ -12,11 +12,11 @@ SELECT count(*) AS n FROM (
 ) capped;
 
 -- name: queue_get
-SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused
+SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits
   FROM angela_queue.queues WHERE name = %(name)s;
 
 -- name: queue_list
-SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused
+SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits
   FROM angela_queue.queues ORDER BY name;
 
 -- name: queue_upsert
@@ -27,7 +27,7 @@ ON CONFLICT (name) DO UPDATE
    SET aging_rate = coalesce(%(aging_rate)s::double precision, q.aging_rate),
        paused = coalesce(%(paused)s::boolean, q.paused),
        updated_at = now()
-RETURNING name, max_size, overflow_policy, drop_below_priority, aging_rate, paused;
+RETURNING name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits;
 
 -- name: status_queues
 -- Per queue and tier: live counts, oldest wait, and the last hour's outcomes (the last hour
@@ -90,7 +90,8 @@ UPDATE angela_queue.tasks t
    SET status = 'running',
        attempts = t.attempts + 1,
        worker_id = %(worker_id)s,
-       started_at = coalesce(%(now)s::timestamptz, now())
+       started_at = coalesce(%(now)s::timestamptz, now()),
+       first_started_at = coalesce(t.first_started_at, %(now)s::timestamptz, now())
   FROM candidates c
  WHERE t.id = c.id
 RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
@@ -197,3 +198,65 @@ UPDATE angela_queue.workers
 INSERT INTO angela_queue.workers (hostname, pid, queues, kinds, concurrency, status)
 VALUES (%(hostname)s, %(pid)s, %(queues)s::text[], %(kinds)s::text[], %(concurrency)s, 'idle')
 RETURNING id;
+
+-- name: rule_delete
+DELETE FROM angela_queue.boost_rules WHERE name = %(name)s RETURNING name;
+
+-- name: rule_insert
+-- The predicate is parsed by the ::jsonpath cast and test-evaluated by the boost_rules_check
+-- trigger: a rule the database cannot evaluate is refused before it is stored.
+INSERT INTO angela_queue.boost_rules (name, predicate, boost, enabled, description)
+VALUES (%(name)s, %(predicate)s::jsonpath, %(boost)s, %(enabled)s, %(description)s)
+RETURNING name, predicate::text AS predicate, boost, enabled, description;
+
+-- name: rule_list
+SELECT name, predicate::text AS predicate, boost, enabled, description
+  FROM angela_queue.boost_rules ORDER BY name;
+
+-- name: rule_match
+-- The enabled rules a payload matches, evaluated exactly as the insert trigger does.
+SELECT name, boost FROM angela_queue.boost_rules
+ WHERE enabled
+   AND coalesce(jsonb_path_match(%(payload)s::jsonb, predicate,
+                                 angela_queue.rule_vars_object(), true), false)
+ ORDER BY name;
+
+-- name: rule_set_enabled
+UPDATE angela_queue.boost_rules SET enabled = %(enabled)s WHERE name = %(name)s RETURNING name;
+
+-- name: rule_var_delete
+DELETE FROM angela_queue.rule_vars WHERE name = %(name)s RETURNING name;
+
+-- name: rule_var_list
+SELECT name, value FROM angela_queue.rule_vars ORDER BY name;
+
+-- name: rule_var_set
+INSERT INTO angela_queue.rule_vars (name, value) VALUES (%(name)s, %(value)s)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+RETURNING name, value;
+
+-- name: tier_list
+SELECT tier, min_base, max_base, extract(epoch FROM target_wait)::double precision AS target_wait_s
+  FROM angela_queue.tiers ORDER BY min_base DESC;
+
+-- name: tier_set_target_wait
+-- Applies to tasks inserted afterwards: a deadline is fixed when its task is inserted.
+UPDATE angela_queue.tiers SET target_wait = make_interval(secs => %(seconds)s)
+ WHERE tier = %(tier)s RETURNING tier;
+
+-- name: tier_slo_list
+SELECT queue, tier, target_wait_s, pending, pending_past_target, oldest_wait_s, started_1h,
+       met_1h, met_ratio_1h
+  FROM angela_queue.tier_slo;
+
+-- name: queue_set_target_wait
+-- A per-queue override of a tier's target wait; NULL seconds removes the override.
+UPDATE angela_queue.queues
+   SET target_waits = CASE
+           WHEN %(seconds)s::double precision IS NULL THEN target_waits - %(tier)s::text
+           ELSE target_waits || jsonb_build_object(%(tier)s::text,
+                                                  %(seconds)s::double precision || ' seconds')
+       END,
+       updated_at = now()
+ WHERE name = %(name)s
+RETURNING name, target_waits;

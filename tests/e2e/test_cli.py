@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from angela_queue import migrate
 from tests.e2e.helpers import ROOT
 
 
@@ -42,9 +43,9 @@ def assert_one_line_error(result, fragment: str) -> None:
 def test_migrate_creates_the_schema_and_is_idempotent(empty_dsn):
     first = cli("migrate", dsn=empty_dsn)
     assert first.returncode == 0, first.stderr
-    assert "revision 0001" in first.stdout
+    assert f"revision {migrate.head_revision()}" in first.stdout
     again = cli("migrate", dsn=empty_dsn)
-    assert again.returncode == 0 and "revision 0001" in again.stdout
+    assert again.returncode == 0 and f"revision {migrate.head_revision()}" in again.stdout
 
 
 def test_enqueue_then_status_json(dsn):
@@ -167,3 +168,79 @@ def test_embedded_db_commands(tmp_path):
         assert "stopped" in cli("db", "stop", env=env).stdout
     assert cli("db", "status", env=env).returncode == 1
     assert "not running" in cli("db", "stop", env=env).stdout
+
+
+def test_rules_add_applies_to_the_next_insert_only(dsn):
+    before = int(cli("enqueue", "a.b", "--payload", '{"vip": true}', dsn=dsn).stdout)
+    added = cli(
+        "rules",
+        "add",
+        "vip",
+        "$.vip == true",
+        "--boost",
+        "4",
+        "--description",
+        "paying customers",
+        dsn=dsn,
+    )
+    assert added.returncode == 0, added.stderr
+    after = int(cli("enqueue", "a.b", "--payload", '{"vip": true}', dsn=dsn).stdout)
+    listed = json.loads(cli("rules", "list", "--json", dsn=dsn).stdout)
+    assert {"name": "vip", "boost": 4, "enabled": True}.items() <= next(
+        r for r in listed["rules"] if r["name"] == "vip"
+    ).items()
+    assert {r["name"] for r in listed["rules"]} >= {"emotional", "author_urgent", "author_question"}
+    assert cli("rules", "disable", "vip", dsn=dsn).returncode == 0
+    disabled = int(cli("enqueue", "a.b", "--payload", '{"vip": true}', dsn=dsn).stdout)
+    assert cli("rules", "enable", "vip", dsn=dsn).returncode == 0
+    assert cli("rules", "remove", "vip", dsn=dsn).returncode == 0
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        boosts = dict(conn.execute("SELECT id, boost FROM angela_queue.tasks").fetchall())
+    assert (boosts[before], boosts[after], boosts[disabled]) == (0, 4, 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("rules", "add", "bad", "foo bar", "--boost", "1"), "invalid predicate: syntax error"),
+        (
+            ("rules", "add", "bad", "$nobody == 1", "--boost", "1"),
+            'could not find jsonpath variable "nobody"',
+        ),
+        (("rules", "add", "bad", "$.x == 1", "--boost", "12"), "boost must be between -9 and 9"),
+        (("rules", "add", "emotional", "$.x == 1", "--boost", "1"), "already exists"),
+        (("rules", "enable", "nothing"), "no rule named 'nothing'"),
+        (("rules", "remove", "nothing"), "no rule named 'nothing'"),
+        (("rules", "remove-var", "author"), 'rule variable "author" is used by boost rule'),
+        (("rules", "set-var", "author", "alice"), "the value is not valid JSON"),
+        (("rules", "test", "[1]"), "the payload must be a JSON object"),
+        (("tiers", "set", "urgent", "--target-wait", "3"), "urgent"),
+        (("queue", "set", "q1", "--target-wait", "high:30"), "TIER=SECONDS"),
+        (("queue", "set", "q1", "--target-wait", "high=soon"), "is not a number"),
+    ],
+)
+def test_bad_rule_and_tier_input_is_one_line_and_stores_nothing(dsn, args, fragment):
+    before = cli("rules", "list", "--json", dsn=dsn).stdout
+    result = cli(*args, dsn=dsn)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert fragment in result.stderr, result.stderr
+    assert cli("rules", "list", "--json", dsn=dsn).stdout == before
+
+
+def test_rules_test_and_author_variable(dsn):
+    payload = '{"author": "alice", "text": "urgent?"}'
+    assert "total boost: +0" in cli("rules", "test", payload, dsn=dsn).stdout
+    assert cli("rules", "set-var", "author", '"alice"', dsn=dsn).returncode == 0
+    shown = cli("rules", "test", payload, dsn=dsn).stdout
+    assert "author_urgent: +3" in shown and "total boost: +4" in shown
+
+
+def test_tiers_and_queue_target_waits(dsn):
+    assert cli("tiers", "set", "high", "--target-wait", "45", dsn=dsn).returncode == 0
+    assert "high      base 7-8   target wait 45 s" in cli("tiers", "list", dsn=dsn).stdout
+    result = cli("queue", "set", "learning", "--target-wait", "low=600", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "target_waits: low=600 seconds" in result.stdout

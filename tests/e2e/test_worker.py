@@ -269,3 +269,41 @@ def test_poll_only_worker_serves_without_listen(dsn, runs):
         code, output = stop(worker)
     assert code == 0, output
     assert "LISTEN" not in output and "listener" not in output
+
+
+def test_a_stream_of_critical_work_cannot_starve_an_old_low_task(dsn, runs):
+    worker = start_worker(dsn, "--concurrency", "1")
+    try:
+        for _ in range(5):
+            runs.execute(
+                "INSERT INTO angela_queue.tasks (kind, payload, priority)"
+                " VALUES ('test.slow', '{\"seconds\": 0.05}', 9)"
+            )
+        wait_for(lambda: count(runs, "status = 'succeeded'") >= 1, timeout=20)
+        old = runs.execute(
+            "INSERT INTO angela_queue.tasks (kind, priority, enqueued_at) VALUES"
+            " ('test.record', 1, now() - interval '30 minutes') RETURNING id"
+        ).fetchone()[0]
+        recent = runs.execute(
+            "INSERT INTO angela_queue.tasks (kind, priority, enqueued_at) VALUES"
+            " ('test.record', 1, now() - interval '5 minutes') RETURNING id"
+        ).fetchone()[0]
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:  # keep the stream of fresh priority-9 work going
+            runs.execute(
+                "INSERT INTO angela_queue.tasks (kind, payload, priority)"
+                " VALUES ('test.slow', '{\"seconds\": 0.05}', 9)"
+            )
+            time.sleep(0.02)
+        old_start, recent_state = runs.execute(
+            "SELECT (SELECT started_at FROM angela_queue.tasks WHERE id = %s),"
+            " (SELECT status FROM angela_queue.tasks WHERE id = %s)",
+            (old, recent),
+        ).fetchone()
+        backlog = count(runs, "status = 'pending' AND priority = 9")
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    assert backlog > 0  # the stream never ran dry, so only aging can explain the order
+    assert old_start is not None
+    assert recent_state == "pending"

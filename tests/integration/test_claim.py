@@ -55,10 +55,7 @@ def test_equal_priority_is_first_in_first_out(dsn, conn):
 
 
 def test_boost_counts_in_the_order(dsn, conn):
-    conn.execute(
-        "INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
-        " VALUES ('emotional', '$.emotional == true', 2)"
-    )
+    # The seeded rule "emotional" adds 2.
     plain = add(conn, 6)
     boosted = conn.execute(
         "INSERT INTO angela_queue.tasks (kind, priority, payload)"
@@ -161,10 +158,16 @@ def test_claim_plan_walks_the_index_and_never_sorts_the_pending_set(dsn, conn):
         INSERT INTO angela_queue.tasks (kind, queue, priority, enqueued_at)
         SELECT (ARRAY['a.b', 'c.d', 'e.f'])[1 + i % 3], (ARRAY['default', 'other'])[1 + i % 2],
                1 + i % 10, now() - make_interval(secs => i % 3600)
-          FROM generate_series(1, 20000) i""")
+          FROM generate_series(1, 150000) i""")
     conn.execute(
-        "UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id % 2 = 0"
+        "UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id % 3 = 0"
     )
+    pending_by_tier = dict(
+        conn.execute(
+            "SELECT tier, count(*) FROM angela_queue.tasks WHERE status = 'pending' GROUP BY 1"
+        ).fetchall()
+    )
+    assert sum(pending_by_tier.values()) == 100000 and len(pending_by_tier) == 4
     conn.execute("ANALYZE angela_queue.tasks")
     params = claim_params(1, ["default", "other"], ["a.b", "c.d"], 10, None)
     # Plain EXPLAIN plans the UPDATE without running it.

@@ -1,83 +1,31 @@
-"""The `angela-queue` command: parse → call the library → print. Errors are one line."""
+"""Core commands: migrate, worker, enqueue, status, queue, db."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
-import os
-import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from angela_queue import embedded, errors
+from angela_queue import embedded
+from angela_queue.cli.common import (
+    CliError,
+    DsnOption,
+    check_reachable,
+    db_app,
+    load_app,
+    load_settings,
+    out,
+    queue_app,
+    resolve_dsn,
+    setup_logging,
+)
+from angela_queue.cli.common import app as app
 from angela_queue.client import App, connect
-from angela_queue.settings import Settings
 from angela_queue.store import TaskStore
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-app = typer.Typer(
-    help="angela-queue: a durable job queue that lives in PostgreSQL.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-db_app = typer.Typer(
-    help="Manage the embedded PostgreSQL (used when no DSN is set).", no_args_is_help=True
-)
-queue_app = typer.Typer(help="Create and configure queues.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(queue_app, name="queue")
-
-out = Console()
-err = Console(stderr=True)
-
-DsnOption = Annotated[
-    str | None,
-    typer.Option(
-        "--dsn",
-        help="PostgreSQL DSN (default: ANGELA_QUEUE_DSN, DATABASE_URL, else embedded).",
-        show_default=False,
-    ),
-]
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit code 1."""
-
-
-def _settings(**overrides: Any) -> Settings:
-    return Settings.load(overrides)
-
-
-def _dsn(settings: Settings) -> str:
-    return settings.dsn or embedded.start(settings.pgdata)
-
-
-def _load_app(spec: str, settings: Settings) -> App:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise CliError(f"--app must look like MODULE:ATTR, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"cannot import {module_name!r}: {exc}") from exc
-    obj = getattr(module, attr, None)
-    if not isinstance(obj, App):
-        raise CliError(f"{spec!r} is not an angela_queue.App")
-    if settings.dsn and not obj.settings.dsn:
-        obj.settings = Settings(**{**obj.settings.__dict__, "dsn": settings.dsn})
-        obj._dsn = settings.dsn
-    return obj
 
 
 @app.command()
@@ -85,8 +33,8 @@ def migrate(dsn: DsnOption = None) -> None:
     """Create or upgrade the angela_queue schema (alembic upgrade head)."""
     from angela_queue import migrate as migrations
 
-    target = _dsn(_settings(dsn=dsn))
-    _check_reachable(target)
+    target = resolve_dsn(load_settings(dsn=dsn))
+    check_reachable(target)
     migrations.upgrade(target)
     out.print(f"schema angela_queue at revision {migrations.current(target)}")
 
@@ -112,9 +60,9 @@ def worker(
     """Run a worker until SIGTERM/SIGINT, then finish running tasks and exit 0."""
     from angela_queue.worker import run_worker
 
-    _logging(log_level)
-    settings = _settings(dsn=dsn)
-    application = _load_app(app_spec, settings)
+    setup_logging(log_level)
+    settings = load_settings(dsn=dsn)
+    application = load_app(app_spec, settings)
     run_worker(
         application, queues=tuple(queue) if queue else None, concurrency=concurrency, listen=listen
     )
@@ -139,8 +87,8 @@ def enqueue(
         raise CliError("--payload must be a JSON object")
     if not 1 <= priority <= 10:
         raise CliError("--priority must be between 1 and 10")
-    settings = _settings(dsn=dsn)
-    client = App(settings, dsn=_dsn(settings))
+    settings = load_settings(dsn=dsn)
+    client = App(settings, dsn=resolve_dsn(settings))
     run_at = datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
     with connect(client.dsn, autocommit=True) as conn:
         task_id = client.enqueue(
@@ -162,11 +110,15 @@ def status(
     dsn: DsnOption = None,
 ) -> None:
     """Queues × tiers and workers at a glance."""
-    target = _dsn(_settings(dsn=dsn))
+    target = resolve_dsn(load_settings(dsn=dsn))
     with connect(target, autocommit=True) as conn:
         store = TaskStore(conn)
         while True:
-            data = {"queues": store.status_queues(), "workers": store.status_workers()}
+            data = {
+                "queues": store.status_queues(),
+                "slo": store.tier_slo_list(),
+                "workers": store.status_workers(),
+            }
             if as_json:
                 out.print_json(json.dumps(data, default=str))
             else:
@@ -179,19 +131,46 @@ def status(
 
 
 def _print_status(data: dict[str, Any]) -> None:
-    queues = Table(title="queues")
-    for col in ("queue", "tier", "pending", "running", "oldest wait s", "done 1h", "failed 1h"):
-        queues.add_column(col, justify="right" if col not in ("queue", "tier") else "left")
-    for r in data["queues"]:
-        wait = "-" if r["oldest_wait_s"] is None else f"{float(r['oldest_wait_s']):.1f}"
+    live = {(r["queue"], r["tier"]): r for r in data["queues"]}
+    queues = Table(title="queues × tiers (waits in seconds)")
+    columns = (
+        "queue",
+        "tier",
+        "pending",
+        "running",
+        "oldest wait",
+        "target",
+        "past target",
+        "met 1h",
+        "done 1h",
+        "failed 1h",
+    )
+    for col in columns:
+        queues.add_column(col, justify="left" if col in ("queue", "tier") else "right")
+    for slo in data["slo"]:
+        r = live.get((slo["queue"], slo["tier"]), {})
+        counts = (
+            slo["pending"],
+            r.get("running", 0),
+            slo["started_1h"],
+            r.get("succeeded_1h", 0),
+            r.get("failed_1h", 0),
+        )
+        if not any(counts):
+            continue
+        wait = "-" if slo["oldest_wait_s"] is None else f"{slo['oldest_wait_s']:.1f}"
+        met = "-" if slo["met_ratio_1h"] is None else f"{100 * slo['met_ratio_1h']:.0f}%"
         queues.add_row(
-            r["queue"],
-            r["tier"],
-            str(r["pending"]),
-            str(r["running"]),
+            slo["queue"],
+            slo["tier"],
+            str(slo["pending"]),
+            str(counts[1]),
             wait,
-            str(r["succeeded_1h"]),
-            str(r["failed_1h"]),
+            f"{slo['target_wait_s']:g}",
+            str(slo["pending_past_target"]),
+            met,
+            str(counts[3]),
+            str(counts[4]),
         )
     out.print(queues)
     workers = Table(title="workers")
@@ -216,48 +195,67 @@ def _print_status(data: dict[str, Any]) -> None:
 @queue_app.command("set")
 def queue_set(
     name: Annotated[str, typer.Argument(help="Queue name (created if new).")],
-    aging_rate: Annotated[float | None, typer.Option(help="Points per minute waited.")] = None,
+    aging_rate: Annotated[
+        float | None, typer.Option(help="Points per minute waited; re-ranks pending tasks.")
+    ] = None,
     paused: Annotated[
         bool | None, typer.Option("--pause/--resume", help="Stop or resume claiming.")
     ] = None,
+    target_wait: Annotated[
+        list[str] | None,
+        typer.Option(help="Per-queue target wait TIER=SECONDS (TIER= removes it); repeatable."),
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
-    """Create a queue or change its settings."""
-    target = _dsn(_settings(dsn=dsn))
-    with connect(target, autocommit=True) as conn:
-        row = TaskStore(conn).queue_upsert(name, aging_rate=aging_rate, paused=paused)
-    out.print(f"queue {row['name']}: aging_rate={row['aging_rate']} paused={row['paused']}")
+    """Create a queue or change its settings, in one transaction."""
+    from angela_queue.cli.priority import parse_target_waits
+
+    waits = parse_target_waits(target_wait or [])
+    target = resolve_dsn(load_settings(dsn=dsn))
+    with connect(target) as conn:
+        store = TaskStore(conn)
+        row = store.queue_upsert(name, aging_rate=aging_rate, paused=paused)
+        for tier, seconds in waits:
+            store.queue_set_target_wait(name, tier, seconds)
+        row = store.queue_get(name) or row
+        conn.commit()
+    out.print(_describe_queue(row))
+
+
+def _describe_queue(row: dict[str, Any]) -> str:
+    waits = ", ".join(f"{k}={v}" for k, v in sorted(row["target_waits"].items()))
+    return (
+        f"{row['name']}: aging_rate={row['aging_rate']} paused={row['paused']} "
+        f"max_size={row['max_size']}" + (f" target_waits: {waits}" if waits else "")
+    )
 
 
 @queue_app.command("list")
 def queue_list(dsn: DsnOption = None) -> None:
     """List queues and their settings."""
-    target = _dsn(_settings(dsn=dsn))
+    target = resolve_dsn(load_settings(dsn=dsn))
     with connect(target, autocommit=True) as conn:
         for row in TaskStore(conn).queue_list():
-            out.print(
-                f"{row['name']}: aging_rate={row['aging_rate']} paused={row['paused']} "
-                f"max_size={row['max_size']}"
-            )
+            out.print(_describe_queue(row))
 
 
 @db_app.command("start")
 def db_start() -> None:
     """Start the embedded server (or find it running) and print its DSN."""
-    out.print(embedded.start(_settings().pgdata))
+    out.print(embedded.start(load_settings().pgdata))
 
 
 @db_app.command("stop")
 def db_stop() -> None:
     """Stop the embedded server."""
-    stopped = embedded.stop(_settings().pgdata)
+    stopped = embedded.stop(load_settings().pgdata)
     out.print("stopped" if stopped else "not running")
 
 
 @db_app.command("status")
 def db_status() -> None:
     """Whether the embedded server runs; exit 1 when it does not."""
-    st = embedded.status(_settings().pgdata)
+    st = embedded.status(load_settings().pgdata)
     out.print(
         f"{'running' if st.running else 'stopped'}  pgdata={st.pgdata}"
         + (f"  pid={st.pid}" if st.pid else "")
@@ -269,55 +267,7 @@ def db_status() -> None:
 @db_app.command("url")
 def db_url() -> None:
     """Print the embedded server's DSN; exit 1 when it is not running."""
-    st = embedded.status(_settings().pgdata)
+    st = embedded.status(load_settings().pgdata)
     if st.url is None:
         raise CliError("the embedded server is not running: `angela-queue db start`")
     out.print(st.url)
-
-
-def _check_reachable(dsn: str) -> None:
-    connect(dsn, connect_timeout=10).close()
-
-
-def _logging(level: str) -> None:
-    name = level.upper()
-    if name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise CliError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-    logging.basicConfig(
-        level=name, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
-def main() -> None:
-    """Console entry point: every known failure is one line on stderr, never a traceback."""
-    import psycopg
-
-    try:
-        code = app(standalone_mode=False)  # returns the exit code of typer.Exit
-    except (CliError, errors.AngelaQueueError) as exc:
-        _fail(str(exc))
-    except psycopg.Error as exc:
-        _fail(f"database error: {(exc.diag.message_primary or str(exc)).strip()}")
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted", markup=False)
-        sys.exit(130)
-    except typer.TyperException as exc:  # usage errors: click's own one-line message
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            err.print(f"error: {exc}", markup=False)
-        sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _fail(message: str) -> None:
-    first = message.strip().splitlines()[0] if message.strip() else "failed"
-    err.print(f"error: {first}", markup=False, highlight=False, soft_wrap=True)
-    sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
