@@ -197,7 +197,9 @@ def test_rules_add_applies_to_the_next_insert_only(dsn):
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        boosts = dict(conn.execute("SELECT id, boost FROM angela_queue.tasks").fetchall())
+        boosts: dict[int, int] = dict(
+            conn.execute("SELECT id, boost FROM angela_queue.tasks").fetchall()
+        )
     assert (boosts[before], boosts[after], boosts[disabled]) == (0, 4, 0)
 
 

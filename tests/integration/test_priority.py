@@ -13,7 +13,7 @@ from angela_queue.store import TaskStore
 from tests.integration.test_claim import add, claim
 
 
-def boost_of(conn, payload: dict, priority: int = 5) -> tuple[int, str]:
+def boost_of(conn, payload: dict[str, object], priority: int = 5) -> tuple[int, str]:
     return conn.execute(
         "INSERT INTO angela_queue.tasks (kind, payload, priority) VALUES ('a.b', %s, %s)"
         " RETURNING boost, tier",
