@@ -9,6 +9,7 @@ from angela_queue.errors import (
     DatabaseError,
     InvalidTask,
     PayloadTooLarge,
+    QueueFull,
     Retry,
     SchemaError,
     TaskNotFound,
@@ -16,7 +17,7 @@ from angela_queue.errors import (
     UnknownQueue,
 )
 from angela_queue.settings import Settings
-from angela_queue.types import EnqueueRequest, Task, TaskState, Tier
+from angela_queue.types import Enqueued, EnqueueRequest, Task, TaskState, Tier
 
 __all__ = [
     "AngelaQueueError",
@@ -24,8 +25,10 @@ __all__ = [
     "ConfigurationError",
     "DatabaseError",
     "EnqueueRequest",
+    "Enqueued",
     "InvalidTask",
     "PayloadTooLarge",
+    "QueueFull",
     "Retry",
     "SchemaError",
     "Settings",

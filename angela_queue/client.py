@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from angela_queue import embedded, errors
+from angela_queue.producer import insert_many, insert_one, insert_one_async
 from angela_queue.registry import Handler, Registry, is_async_callable
 from angela_queue.settings import Settings
-from angela_queue.store import AsyncTaskStore, TaskStore
-from angela_queue.types import EnqueueRequest
+from angela_queue.types import Enqueued, EnqueueRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 _REQUEST_FIELDS = {f.name for f in fields(EnqueueRequest)}
@@ -164,7 +165,9 @@ class App:
 
         With ``conn``, the insert joins the caller's transaction (it commits or rolls back
         with it). With ``dedupe_key``, a live task with that key is not duplicated: its id
-        is returned instead.
+        is returned instead. Into a full bounded queue, a task below the queue's drop
+        threshold is stored as ``dropped`` (its id is returned); any other waits up to
+        ``enqueue_wait_s`` for room, then raises ``QueueFull``.
         """
         req = self.request(
             kind,
@@ -175,10 +178,11 @@ class App:
             dedupe_key=dedupe_key,
             **options,
         )
+        wait_s = self.settings.enqueue_wait_s
         if conn is not None:
-            return _insert(TaskStore(conn), req)
+            return insert_one(conn, req, self.dsn, wait_s)
         with self._sync_pool().connection() as own:
-            return _insert(TaskStore(own), req)
+            return insert_one(own, req, self.dsn, wait_s)
 
     async def enqueue_async(
         self,
@@ -202,31 +206,37 @@ class App:
             dedupe_key=dedupe_key,
             **options,
         )
+        wait_s = self.settings.enqueue_wait_s
         if conn is not None:
-            return await _insert_async(AsyncTaskStore(conn), req)
+            return await insert_one_async(conn, req, self.dsn, wait_s)
         pool = await self._get_async_pool()
         async with pool.connection() as own:
-            return await _insert_async(AsyncTaskStore(own), req)
+            return await insert_one_async(own, req, self.dsn, wait_s)
 
     def enqueue_many(
         self,
         items: Iterable[EnqueueRequest | Mapping[str, Any]],
         *,
         conn: psycopg.Connection[Any] | None = None,
-    ) -> list[int]:
-        """Enqueue many tasks in one transaction with COPY; returns their ids in order.
+    ) -> list[Enqueued]:
+        """Enqueue many tasks in one transaction with COPY; reports each task, in order.
 
         Items are ``EnqueueRequest`` or mappings with the same keys (``kind`` required).
-        All or nothing: one invalid task rejects the batch. Tasks with a ``dedupe_key``
-        take the row-by-row path (COPY cannot skip duplicates).
+        Each result has the task's ``id`` and a ``status``: ``queued``, ``dropped`` (a full
+        bounded queue kept it as dropped) or ``rejected`` (a full bounded queue refused it;
+        no id). An invalid task rejects the whole batch. Tasks with a ``dedupe_key`` take a
+        row-by-row path (COPY cannot skip duplicates). Bulk enqueue never waits for room.
         """
         reqs = [self._as_request(i) for i in items]
         if not reqs:
             return []
-        if conn is not None:
-            return _insert_many(TaskStore(conn), reqs)
-        with self._sync_pool().connection() as own, own.transaction():
-            return _insert_many(TaskStore(own), reqs)
+        if conn is None:
+            with self._sync_pool().connection() as own, own.transaction():
+                return insert_many(own, reqs)
+        if conn.info.transaction_status == pq.TransactionStatus.IDLE and not conn.autocommit:
+            return insert_many(conn, reqs)  # runs in the transaction the caller commits
+        with conn.transaction():
+            return insert_many(conn, reqs)
 
     def _as_request(self, item: EnqueueRequest | Mapping[str, Any]) -> EnqueueRequest:
         if isinstance(item, EnqueueRequest):
@@ -247,33 +257,3 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreachable"
         raise errors.DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {reason}") from None
-
-
-def _insert(store: TaskStore, req: EnqueueRequest) -> int:
-    for _ in range(3):
-        task_id = store.task_insert(req)
-        if task_id is not None:
-            return task_id
-        assert req.dedupe_key is not None
-        existing = store.task_get_live_by_dedupe_key(req.dedupe_key)
-        if existing is not None:
-            return existing
-    raise errors.DatabaseError(f"could not enqueue with dedupe_key {req.dedupe_key!r}")
-
-
-async def _insert_async(store: AsyncTaskStore, req: EnqueueRequest) -> int:
-    for _ in range(3):
-        task_id = await store.task_insert(req)
-        if task_id is not None:
-            return task_id
-        assert req.dedupe_key is not None
-        existing = await store.task_get_live_by_dedupe_key(req.dedupe_key)
-        if existing is not None:
-            return existing
-    raise errors.DatabaseError(f"could not enqueue with dedupe_key {req.dedupe_key!r}")
-
-
-def _insert_many(store: TaskStore, reqs: Sequence[EnqueueRequest]) -> list[int]:
-    if any(r.dedupe_key is not None for r in reqs):
-        return [_insert(store, r) for r in reqs]
-    return store.task_insert_many_copy(reqs)

@@ -7,6 +7,7 @@
     ├── InvalidTask             the database refused the task (kind, priority, payload …)
     │   ├── UnknownQueue        the queue does not exist
     │   └── PayloadTooLarge     the payload is over the size limit
+    ├── QueueFull               a bounded queue had no room within the wait
     ├── InvalidRule             a boost rule or rule variable the database refused
     ├── TaskNotFound            no task with that id
     └── DatabaseError           any other database failure (``__cause__`` keeps the original)
@@ -69,6 +70,14 @@ class PayloadTooLarge(InvalidTask):
 
 class InvalidRule(AngelaQueueError):
     """The boost rule was refused."""
+
+
+class QueueFull(AngelaQueueError):
+    """The bounded queue is full."""
+
+    def __init__(self, queue: str, detail: str | None = None) -> None:
+        self.queue = queue
+        super().__init__(detail or f"queue {queue!r} is full")
 
 
 class TaskNotFound(AngelaQueueError):

@@ -40,6 +40,9 @@ _CONSTRAINT_MESSAGES = {
     "boost_rules_name_check": "invalid rule name: lowercase letters, digits, '_', '.', '-'",
     "rule_vars_name_check": "invalid variable name: lowercase letters, digits and '_'",
     "tiers_target_wait_check": "a target wait cannot be negative",
+    "queues_max_size_check": "max_size must be at least 1",
+    "queues_overflow_policy_check": "overflow_policy must be drop_low or reject",
+    "queues_drop_below_priority_check": "drop_below_priority must be between 1 and 11",
 }
 
 
@@ -72,6 +75,10 @@ def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueu
         return errors.UnknownQueue(queue or message)
     if exc.sqlstate == "AQ003":
         return errors.PayloadTooLarge(message)
+    if exc.sqlstate == "AQ002":
+        return errors.QueueFull(queue or "?", message)
+    if exc.sqlstate == "AQ005":
+        return errors.InvalidTask(message)
     if isinstance(exc, pg_errors.CheckViolation | pg_errors.NotNullViolation):
         constraint = diag.constraint_name
         text = _CONSTRAINT_MESSAGES.get(constraint or "", message)
@@ -242,6 +249,47 @@ class TaskStore:
     def worker_mark_dead(self, worker_id: int) -> None:
         with translate_errors():
             self.conn.execute(Q["worker_mark_dead"], {"id": worker_id})
+
+    def task_status_many(self, ids: Sequence[int]) -> dict[int, str]:
+        with translate_errors():
+            rows = self.conn.execute(Q["task_status_many"], {"ids": list(ids)}).fetchall()
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    def session_set_overflow(self, mode: str) -> None:
+        with translate_errors():
+            self.conn.execute(Q["session_set_overflow"], {"mode": mode})
+
+    def queue_set_bound(
+        self,
+        name: str,
+        *,
+        max_size: int | None = None,
+        unbounded: bool = False,
+        overflow_policy: str | None = None,
+        drop_below_priority: int | None = None,
+    ) -> bool:
+        params = {
+            "name": name,
+            "max_size": max_size,
+            "unbounded": unbounded,
+            "overflow_policy": overflow_policy,
+            "drop_below_priority": drop_below_priority,
+        }
+        return bool(self._rows("queue_set_bound", params))
+
+    def task_requeue(
+        self, from_status: str, queue: str | None = None, ids: Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Back to pending within each queue's bound; rows of (queue_name, requeued, left)."""
+        params = {
+            "from_status": from_status,
+            "queue": queue,
+            "ids": None if ids is None else list(ids),
+        }
+        return self._rows("task_requeue", params)
+
+    def task_cancel_many(self, ids: Sequence[int]) -> set[int]:
+        return {r["id"] for r in self._rows("task_cancel_many", {"ids": list(ids)})}
 
     # -- priority administration (rules, variables, tiers) ------------------------------------
 

@@ -72,3 +72,16 @@ class EnqueueRequest:
     timeout_s: int | None = None
     batch_key: str | None = None
     dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What happened to one task of a bulk enqueue.
+
+    ``status`` is ``queued`` (pending), ``dropped`` (stored, not pending: its bounded queue
+    was full and its priority below the queue's drop threshold) or ``rejected`` (not stored:
+    the queue was full; ``id`` is None).
+    """
+
+    id: int | None
+    status: str

@@ -25,6 +25,7 @@ from angela_queue.cli.common import (
 )
 from angela_queue.cli.common import app as app
 from angela_queue.client import App, connect
+from angela_queue.settings import PROFILES
 from angela_queue.store import TaskStore
 
 
@@ -205,16 +206,43 @@ def queue_set(
         list[str] | None,
         typer.Option(help="Per-queue target wait TIER=SECONDS (TIER= removes it); repeatable."),
     ] = None,
+    max_size: Annotated[
+        int | None, typer.Option(min=1, help="Bound: most live (pending + running) tasks.")
+    ] = None,
+    unbounded: Annotated[bool, typer.Option(help="Remove the bound.")] = False,
+    drop_below: Annotated[
+        int | None,
+        typer.Option(min=1, max=11, help="When full, tasks with a lower base are dropped."),
+    ] = None,
+    overflow_policy: Annotated[
+        str | None, typer.Option(help="drop_low (default) or reject (never drop).")
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Bound from a profile: low 20, standard 50, high 100.")
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Create a queue or change its settings, in one transaction."""
     from angela_queue.cli.priority import parse_target_waits
 
     waits = parse_target_waits(target_wait or [])
+    if profile is not None:
+        if profile not in PROFILES:
+            raise CliError(f"--profile must be one of {', '.join(PROFILES)}")
+        max_size = max_size or int(PROFILES[profile]["max_queue_size"])
+    if unbounded and max_size is not None:
+        raise CliError("--unbounded and --max-size/--profile contradict each other")
     target = resolve_dsn(load_settings(dsn=dsn))
     with connect(target) as conn:
         store = TaskStore(conn)
         row = store.queue_upsert(name, aging_rate=aging_rate, paused=paused)
+        store.queue_set_bound(
+            name,
+            max_size=max_size,
+            unbounded=unbounded,
+            overflow_policy=overflow_policy,
+            drop_below_priority=drop_below,
+        )
         for tier, seconds in waits:
             store.queue_set_target_wait(name, tier, seconds)
         row = store.queue_get(name) or row
@@ -226,7 +254,8 @@ def _describe_queue(row: dict[str, Any]) -> str:
     waits = ", ".join(f"{k}={v}" for k, v in sorted(row["target_waits"].items()))
     return (
         f"{row['name']}: aging_rate={row['aging_rate']} paused={row['paused']} "
-        f"max_size={row['max_size']}" + (f" target_waits: {waits}" if waits else "")
+        f"max_size={row['max_size']} drop_below={row['drop_below_priority']} "
+        f"overflow_policy={row['overflow_policy']}" + (f" target_waits: {waits}" if waits else "")
     )
 
 

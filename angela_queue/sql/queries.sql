@@ -19,6 +19,17 @@ SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused,
 SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits
   FROM angela_queue.queues ORDER BY name;
 
+-- name: queue_set_bound
+-- The bound of a queue (DESIGN.md §3); NULL keeps a value, unbounded clears max_size.
+UPDATE angela_queue.queues
+   SET max_size = CASE WHEN %(unbounded)s THEN NULL
+                       ELSE coalesce(%(max_size)s::integer, max_size) END,
+       overflow_policy = coalesce(%(overflow_policy)s::text, overflow_policy),
+       drop_below_priority = coalesce(%(drop_below_priority)s::smallint, drop_below_priority),
+       updated_at = now()
+ WHERE name = %(name)s
+RETURNING name;
+
 -- name: queue_upsert
 -- Create a queue or change some of its settings (NULL keeps the current value).
 INSERT INTO angela_queue.queues AS q (name, aging_rate, paused)
@@ -101,28 +112,45 @@ RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attem
 -- name: task_complete_many
 -- Fenced: only rows still running under this worker and attempt change. A task that was
 -- reclaimed meanwhile is left alone and missing from the result (a late result is a no-op).
-UPDATE angela_queue.tasks t
-   SET status = 'succeeded', finished_at = now(), result = r.result, last_error = NULL
-  FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(results)s::jsonb[])
-       AS r(id, attempts, result)
- WHERE t.id = r.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
-   AND t.attempts = r.attempts
-RETURNING t.id;
+-- Finishing frees a place in a bounded queue: producers waiting for it are notified.
+WITH done AS (
+    UPDATE angela_queue.tasks t
+       SET status = 'succeeded', finished_at = now(), result = r.result, last_error = NULL
+      FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(results)s::jsonb[])
+           AS r(id, attempts, result)
+     WHERE t.id = r.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
+       AND t.attempts = r.attempts
+    RETURNING t.id, t.queue
+), freed AS (
+    SELECT pg_notify('angela_queue_space', q.name)
+      FROM angela_queue.queues q
+     WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM done)
+)
+SELECT id FROM done, (SELECT count(*) FROM freed) AS notified;
 
 -- name: task_fail_many
 -- Fenced like task_complete_many. A row with a retry_at goes back to pending (keeping its
--- age, out of the claim index until due); a row without one is failed for good.
-UPDATE angela_queue.tasks t
-   SET status = CASE WHEN r.retry_at IS NULL THEN 'failed' ELSE 'pending' END,
-       finished_at = CASE WHEN r.retry_at IS NULL THEN now() END,
-       run_at = coalesce(r.retry_at, t.run_at),
-       ready = coalesce(r.retry_at <= now(), false),
-       last_error = r.error
-  FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(errors)s::text[],
-              %(retry_ats)s::timestamptz[]) AS r(id, attempts, error, retry_at)
- WHERE t.id = r.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
-   AND t.attempts = r.attempts
-RETURNING t.id, t.status;
+-- age, out of the claim index until due); a row without one is failed for good, which frees
+-- its place in a bounded queue.
+WITH failed AS (
+    UPDATE angela_queue.tasks t
+       SET status = CASE WHEN r.retry_at IS NULL THEN 'failed' ELSE 'pending' END,
+           finished_at = CASE WHEN r.retry_at IS NULL THEN now() END,
+           run_at = coalesce(r.retry_at, t.run_at),
+           ready = coalesce(r.retry_at <= now(), false),
+           last_error = r.error
+      FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(errors)s::text[],
+                  %(retry_ats)s::timestamptz[]) AS r(id, attempts, error, retry_at)
+     WHERE t.id = r.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
+       AND t.attempts = r.attempts
+    RETURNING t.id, t.status, t.queue
+), freed AS (
+    SELECT pg_notify('angela_queue_space', q.name)
+      FROM angela_queue.queues q
+     WHERE q.max_size IS NOT NULL
+       AND q.name IN (SELECT queue FROM failed WHERE status = 'failed')
+)
+SELECT id, status FROM failed, (SELECT count(*) FROM freed) AS notified;
 
 -- name: task_get
 SELECT id, queue, kind, payload, priority, boost, tier, status, attempts, max_attempts,
@@ -260,3 +288,23 @@ UPDATE angela_queue.queues
        updated_at = now()
  WHERE name = %(name)s
 RETURNING name, target_waits;
+
+-- name: task_requeue
+-- Dropped, failed or cancelled tasks back to pending, best first, within each queue's bound.
+SELECT queue_name, requeued, left_behind
+  FROM angela_queue.task_requeue(%(from_status)s, %(queue)s, %(ids)s::bigint[]);
+
+-- name: task_cancel_many
+-- Cancel tasks that have not started (pending or dropped); running ones are left alone.
+UPDATE angela_queue.tasks
+   SET status = 'cancelled', finished_at = now()
+ WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('pending', 'dropped')
+RETURNING id;
+
+-- name: task_status_many
+SELECT id, status FROM angela_queue.tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: session_set_overflow
+-- 'skip': a bounded queue's rejection skips the row instead of failing the statement (the
+-- bulk client then reports it); '' restores the default. Local to the transaction.
+SELECT set_config('angela_queue.overflow', %(mode)s, true);

@@ -28,7 +28,12 @@ def count(conn, where: str = "true") -> int:
 
 def test_four_workers_drain_3000_tasks_each_exactly_once(dsn, runs):
     app = App(Settings(dsn=dsn))
-    ids = app.enqueue_many([{"kind": "test.record", "priority": 1 + i % 10} for i in range(3000)])
+    ids = [
+        e.id
+        for e in app.enqueue_many(
+            [{"kind": "test.record", "priority": 1 + i % 10} for i in range(3000)]
+        )
+    ]
     app.close()
     workers = [start_worker(dsn, "--concurrency", "8") for _ in range(4)]
     try:

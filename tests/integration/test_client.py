@@ -70,7 +70,7 @@ def test_enqueue_many_uses_copy_and_returns_ids_in_order(app, conn):
         {"kind": "conversation.analyze", "payload": {"i": i}, "priority": 1 + i % 10}
         for i in range(1000)
     ]
-    ids = app.enqueue_many(items)
+    ids = [e.id for e in app.enqueue_many(items)]
     assert len(ids) == 1000 and len(set(ids)) == 1000
     got = dict(conn.execute("SELECT id, payload->>'i' FROM angela_queue.tasks").fetchall())
     assert [int(got[i]) for i in ids] == list(range(1000))
@@ -89,12 +89,15 @@ def test_enqueue_many_is_all_or_nothing(app, conn):
 
 def test_enqueue_many_with_dedupe_keys(app, conn):
     first = app.enqueue("conversation.analyze", dedupe_key="conv-1")
-    ids = app.enqueue_many(
-        [
-            {"kind": "conversation.analyze", "dedupe_key": "conv-1"},
-            {"kind": "conversation.analyze", "dedupe_key": "conv-2"},
-        ]
-    )
+    ids = [
+        e.id
+        for e in app.enqueue_many(
+            [
+                {"kind": "conversation.analyze", "dedupe_key": "conv-1"},
+                {"kind": "conversation.analyze", "dedupe_key": "conv-2"},
+            ]
+        )
+    ]
     assert ids[0] == first and ids[1] != first
     assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0] == 2
 
