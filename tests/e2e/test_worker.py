@@ -29,7 +29,7 @@ def count(conn, where: str = "true") -> int:
 def test_four_workers_drain_3000_tasks_each_exactly_once(dsn, runs):
     app = App(Settings(dsn=dsn))
     ids = [
-        e.id
+        e.id or 0
         for e in app.enqueue_many(
             [{"kind": "test.record", "priority": 1 + i % 10} for i in range(3000)]
         )
