@@ -246,3 +246,38 @@ def test_tiers_and_queue_target_waits(dsn):
     result = cli("queue", "set", "learning", "--target-wait", "low=600", dsn=dsn)
     assert result.returncode == 0, result.stderr
     assert "target_waits: low=600 seconds" in result.stdout
+
+
+def test_bounded_queue_cli_requeue_retry_cancel(dsn):
+    result = cli("queue", "set", "small", "--max-size", "10", "--drop-below", "5", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "max_size=10 drop_below=5 overflow_policy=drop_low" in result.stdout
+    ids = [
+        int(cli("enqueue", "a.b", "--queue", "small", "--priority", "3", dsn=dsn).stdout)
+        for _ in range(12)
+    ]
+    full = cli("enqueue", "a.b", "--queue", "small", "--priority", "8", dsn=dsn)
+    assert_one_line_error(full, 'queue "small" is full (max_size 10)')
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE angela_queue.tasks SET status = 'failed', finished_at = now() WHERE id = %s",
+            (ids[0],),
+        )
+    requeued = cli("requeue", "--dropped", "--queue", "small", dsn=dsn)
+    assert "small: 1 requeued, 1 still dropped" in requeued.stdout, requeued.stdout
+    # The queue is full again, so the failed task stays failed: the bound holds for retries.
+    assert "small: 0 retried, 1 still failed (no room)" in cli("retry", "--failed", dsn=dsn).stdout
+    cancelled = cli("cancel", str(ids[1]), dsn=dsn)
+    assert f"{ids[1]}: cancelled" in cancelled.stdout
+    profile = cli("queue", "set", "other", "--profile", "high", dsn=dsn)
+    assert "max_size=100" in profile.stdout
+    unbounded = cli("queue", "set", "other", "--unbounded", dsn=dsn)
+    assert "max_size=None" in unbounded.stdout
+    assert_one_line_error(cli("requeue", dsn=dsn), "--dropped")
+    assert_one_line_error(cli("retry", dsn=dsn), "--failed")
+    assert_one_line_error(
+        cli("queue", "set", "x", "--overflow-policy", "maybe", dsn=dsn),
+        "overflow_policy must be drop_low or reject",
+    )

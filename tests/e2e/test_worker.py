@@ -10,6 +10,7 @@ import time
 import pytest
 
 from angela_queue import App, Settings
+from angela_queue.store import TaskStore
 from tests.apps.sample_app import CREATE_RUNS
 from tests.e2e.helpers import start_worker, stop, wait_for
 
@@ -312,3 +313,30 @@ def test_a_stream_of_critical_work_cannot_starve_an_old_low_task(dsn, runs):
     assert backlog > 0  # the stream never ran dry, so only aging can explain the order
     assert old_start is not None
     assert recent_state == "pending"
+
+
+def test_enqueue_into_a_full_queue_succeeds_when_a_worker_frees_room(dsn, runs):
+    store = TaskStore(runs)
+    store.queue_upsert("small")
+    store.queue_set_bound("small", max_size=2)
+    app = App(Settings(dsn=dsn, enqueue_wait_s=10))
+    for _ in range(2):
+        app.enqueue("test.slow", {"seconds": 1.0}, queue="small", priority=8)
+    worker = start_worker(dsn, "--queue", "small", "--concurrency", "1")
+    try:
+        started = time.monotonic()
+        task_id = app.enqueue("test.record", queue="small", priority=8)
+        waited = time.monotonic() - started
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 3, timeout=30)
+    finally:
+        app.close()
+        code, output = stop(worker)
+    assert code == 0, output
+    # Room came when the first slow task finished (about 1 s after the worker started).
+    assert 0.5 < waited < 8, waited
+    assert (
+        runs.execute("SELECT status FROM angela_queue.tasks WHERE id = %s", (task_id,)).fetchone()[
+            0
+        ]
+        == "succeeded"
+    )
