@@ -48,7 +48,7 @@ from angela_queue import App, Settings, migrate
 from angela_queue.settings import redact_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("enqueue", "drain", "latency", "sql_reference")
+SCENARIOS = ("enqueue", "bound", "drain", "latency", "sql_reference")
 # The kinds registered in scripts/bench_app.py (not imported here: see its docstring).
 HANDLER_KINDS = {"async": "bench.noop", "sync": "bench.noop_sync"}
 WORKER_APP = "scripts.bench_app:app"
@@ -80,6 +80,7 @@ class Config:
     handler: str
     latency_tasks: int
     latency_rate: float
+    bound_tasks: int
     reference_rows: int
     timeout_s: float
 
@@ -164,6 +165,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )
     g.add_argument("--latency-tasks", type=_positive_int, default=300, help="tasks (latency)")
     g.add_argument(
+        "--bound-tasks", type=_positive_int, default=3_000, help="inserts per queue (bound)"
+    )
+    g.add_argument(
         "--latency-rate", type=_positive_float, default=50.0, help="tasks inserted per second"
     )
     g.add_argument(
@@ -203,6 +207,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         handler=a.handler,
         latency_tasks=a.latency_tasks,
         latency_rate=a.latency_rate,
+        bound_tasks=a.bound_tasks,
         reference_rows=a.reference_rows,
         timeout_s=a.timeout,
     )
@@ -620,8 +625,57 @@ def scenario_sql_reference(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]
     ]
 
 
+BOUND_SIZE = 100  # a bounded queue as the profiles configure them (20, 50, 100)
+BOUND_BACKLOG = 50  # live tasks kept in each queue while measuring: half full
+
+
+def scenario_bound(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]:
+    """What a bound costs an insert: the same single-row INSERTs into an unbounded queue and
+    into a half-full bounded one (the trigger then takes the queue's lock and counts its live
+    tasks). Each inserted task is finished right away, outside the timing, so the backlog
+    stays at BOUND_BACKLOG in both queues."""
+    insert = "INSERT INTO angela_queue.tasks (kind, queue) VALUES ('bench.noop', %s) RETURNING id"
+    finish = "UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id = %s"
+    timings: dict[str, list[float]] = {}
+    with connect(with_timeouts(dsn, cfg.timeout_s)) as conn:
+        conn.execute(
+            "INSERT INTO angela_queue.queues (name, max_size) VALUES ('bounded', %s)", (BOUND_SIZE,)
+        )
+        for queue in ("default", "bounded"):
+            conn.execute(
+                "INSERT INTO angela_queue.tasks (kind, queue)"
+                " SELECT 'bench.noop', %s FROM generate_series(1, %s)",
+                (queue, BOUND_BACKLOG),
+            )
+        conn.execute("ANALYZE angela_queue.tasks")
+        for queue in ("default", "bounded") * 2:  # interleaved rounds, the first a warm-up
+            runs = timings.setdefault(queue, [])
+            runs.clear()
+            started = time.perf_counter()
+            for _ in range(cfg.bound_tasks):
+                t0 = time.perf_counter()
+                row = conn.execute(insert, (queue,)).fetchone()
+                runs.append(time.perf_counter() - t0)
+                assert row is not None
+                conn.execute(finish, (row[0],))
+                check_elapsed(started, cfg.timeout_s, "the bound scenario")
+    free = statistics.median(timings["default"]) * 1e6
+    bounded = statistics.median(timings["bounded"]) * 1e6
+    return [
+        Sample("unbounded_us", "INSERT into an unbounded queue (median)", free, "µs"),
+        Sample(
+            "bounded_us",
+            f"INSERT into a bounded queue, {BOUND_BACKLOG}/{BOUND_SIZE} live",
+            bounded,
+            "µs",
+        ),
+        Sample("overhead_us", "bound overhead per INSERT", bounded - free, "µs"),
+    ]
+
+
 RUNNERS: dict[str, Callable[[Config, str, Path], list[Sample]]] = {
     "enqueue": scenario_enqueue,
+    "bound": scenario_bound,
     "drain": scenario_drain,
     "latency": scenario_latency,
     "sql_reference": scenario_sql_reference,
@@ -635,6 +689,12 @@ def describe(cfg: Config, scenario: str) -> str:
         return (
             f"{cfg.enqueue_tasks:,} tasks via App.enqueue_many in chunks of {cfg.chunk:,}; "
             f"{cfg.single_tasks:,} via App.enqueue, one commit each"
+        )
+    if scenario == "bound":
+        return (
+            f"{cfg.bound_tasks:,} single-row INSERTs (autocommit) per queue, after a warm-up "
+            f"round; both queues hold {BOUND_BACKLOG} live tasks; the bounded one has max_size "
+            f"{BOUND_SIZE}"
         )
     if scenario == "drain":
         return (
@@ -691,7 +751,7 @@ def command_line() -> str:
 
 
 def fmt(value: float, unit: str) -> str:
-    return f"{value:,.1f}" if unit == "ms" else f"{value:,.0f}"
+    return f"{value:,.1f}" if unit in ("ms", "µs") else f"{value:,.0f}"
 
 
 def print_report(cfg: Config, metrics: list[Metric], facts: dict[str, str], command: str) -> None:

@@ -31,20 +31,28 @@ CREATE INDEX tasks_dropped_idx ON angela_queue.tasks (queue, sort_key)
     WHERE status = 'dropped';
 
 -- Live tasks (pending + running) of one queue. Callers hold the queue's bound lock.
+-- PL/pgSQL so that its plans are cached per session. Plain index scans only: a plan made
+-- while the table was small must never become a scan of every finished row later, and
+-- unlike a bitmap scan, an index scan marks the entries of finished tasks dead as it passes,
+-- so churn does not pile up in its path.
 CREATE FUNCTION angela_queue.queue_live_count(queue_name text) RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT (SELECT count(*) FROM angela_queue.tasks
+LANGUAGE plpgsql STABLE SET enable_seqscan = off SET enable_bitmapscan = off AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM angela_queue.tasks
              WHERE queue = queue_name AND status = 'pending' AND ready)
          + (SELECT count(*) FROM angela_queue.tasks
              WHERE queue = queue_name AND status = 'pending' AND NOT ready)
          + (SELECT count(*) FROM angela_queue.tasks
-             WHERE queue = queue_name AND status = 'running')
-$$;
+             WHERE queue = queue_name AND status = 'running');
+END $$;
 
 -- Serialises inserts into one bounded queue until the inserting transaction ends
 -- (advisory-lock class 0x41510001, "AQ" 0001; the second key is hashtext(queue)).
 CREATE FUNCTION angela_queue.queue_lock_bound(queue_name text) RETURNS void
-LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(1095827713, hashtext(queue_name)) $$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1095827713, hashtext(queue_name));
+END $$;
 
 -- The insert trigger with the bound (the steps before it are those of 0002).
 CREATE OR REPLACE FUNCTION angela_queue.task_before_insert() RETURNS trigger
