@@ -76,6 +76,8 @@ class Settings:
     check_interval_s: float = 60.0
     scale_up_threshold: int = 10
     scale_down_threshold: int = 2
+    max_spawn_per_check: int = 4
+    supervisor_kill_grace_s: float = 10.0
     pgdata: str = dataclasses.field(default_factory=default_pgdata)
     log_level: str = "INFO"
 

@@ -291,6 +291,34 @@ class TaskStore:
     def task_cancel_many(self, ids: Sequence[int]) -> set[int]:
         return {r["id"] for r in self._rows("task_cancel_many", {"ids": list(ids)})}
 
+    # -- supervisor ---------------------------------------------------------------------------
+
+    def supervisor_lock(self, hostname: str) -> bool:
+        rows = self._rows("supervisor_lock", {"hostname": hostname})
+        return bool(rows and rows[0]["locked"])
+
+    def supervisor_unlock(self, hostname: str) -> None:
+        self._rows("supervisor_unlock", {"hostname": hostname})
+
+    def supervisor_tiers_at_risk(self, queues: Sequence[str]) -> list[str]:
+        return [r["tier"] for r in self._rows("supervisor_tiers_at_risk", {"queues": list(queues)})]
+
+    def queue_count_ready(self, queues: Sequence[str], cap: int) -> int:
+        rows = self._rows("queue_count_ready", {"queues": list(queues), "cap": cap})
+        return int(rows[0]["n"]) if rows else 0
+
+    def worker_list_host(self, hostname: str) -> list[dict[str, Any]]:
+        return self._rows("worker_list_host", {"hostname": hostname})
+
+    def worker_request_stop(self, worker_id: int) -> None:
+        self._rows("worker_request_stop", {"id": worker_id})
+
+    def decision_insert(self, params: dict[str, Any]) -> None:
+        self._rows("decision_insert", params)
+
+    def decision_recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        return self._rows("decision_recent", {"limit": limit})
+
     # -- priority administration (rules, variables, tiers) ------------------------------------
 
     def rule_list(self) -> list[dict[str, Any]]:

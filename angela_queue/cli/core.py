@@ -119,6 +119,7 @@ def status(
                 "queues": store.status_queues(),
                 "slo": store.tier_slo_list(),
                 "workers": store.status_workers(),
+                "decisions": store.decision_recent(5),
             }
             if as_json:
                 out.print_json(json.dumps(data, default=str))
@@ -191,6 +192,16 @@ def _print_status(data: dict[str, Any]) -> None:
             str(w["current_task_id"] or "-"),
         )
     out.print(workers)
+    if data["decisions"]:
+        out.print("recent supervisor decisions:")
+        for d in data["decisions"]:
+            out.print(
+                f"  {d['at']:%Y-%m-%d %H:%M:%S} {d['hostname']}: pending={d['pending']} "
+                f"workers={d['workers']} target={d['target']} {d['action']} "
+                f"({d['reason']})",
+                markup=False,
+                highlight=False,
+            )
 
 
 @queue_app.command("set")

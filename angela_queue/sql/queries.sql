@@ -308,3 +308,41 @@ SELECT id, status FROM angela_queue.tasks WHERE id = ANY(%(ids)s::bigint[]);
 -- 'skip': a bounded queue's rejection skips the row instead of failing the statement (the
 -- bulk client then reports it); '' restores the default. Local to the transaction.
 SELECT set_config('angela_queue.overflow', %(mode)s, true);
+
+-- name: decision_insert
+-- One supervisor decision; decisions older than a week are pruned on the way.
+WITH pruned AS (
+    DELETE FROM angela_queue.supervisor_decisions WHERE at < now() - interval '7 days'
+)
+INSERT INTO angela_queue.supervisor_decisions (hostname, pending, workers, target, action, reason)
+VALUES (%(hostname)s, %(pending)s, %(workers)s, %(target)s, %(action)s, %(reason)s);
+
+-- name: decision_recent
+SELECT at, hostname, pending, workers, target, action, reason
+  FROM angela_queue.supervisor_decisions ORDER BY at DESC, id DESC LIMIT %(limit)s;
+
+-- name: supervisor_lock
+-- Session lock per host: two supervisors on one host never act at once
+-- (advisory-lock class 0x41510002; the second key is hashtext(hostname)).
+SELECT pg_try_advisory_lock(1095827714, hashtext(%(hostname)s)) AS locked;
+
+-- name: supervisor_unlock
+SELECT pg_advisory_unlock(1095827714, hashtext(%(hostname)s));
+
+-- name: supervisor_tiers_at_risk
+-- Tiers of the served queues whose oldest due task has used over half its target wait.
+SELECT DISTINCT tier FROM angela_queue.tier_slo
+ WHERE queue = ANY(%(queues)s::text[]) AND pending > 0
+   AND oldest_wait_s > target_wait_s / 2;
+
+-- name: worker_list_host
+-- This host's workers that are not known dead, for the supervisor to check against the
+-- process table.
+SELECT id, pid, status, stop_requested, started_at, last_active_at, current_task_id,
+       extract(epoch FROM now() - heartbeat_at)::double precision AS heartbeat_age_s
+  FROM angela_queue.workers
+ WHERE hostname = %(hostname)s AND status <> 'dead'
+ ORDER BY id;
+
+-- name: worker_request_stop
+UPDATE angela_queue.workers SET stop_requested = true WHERE id = %(id)s AND status <> 'dead';
