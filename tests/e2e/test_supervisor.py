@@ -204,3 +204,22 @@ def test_status_shows_the_last_decisions(dsn, runs):
     )
     assert "recent supervisor decisions:" in shown.stdout
     assert "pending=0 workers=0 target=2 start 2 (no workers: start from base)" in shown.stdout
+
+
+def test_a_process_that_is_not_our_worker_is_never_signalled(dsn, runs):
+    import socket
+
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        runs.execute(
+            "INSERT INTO angela_queue.workers (hostname, pid, queues, status, heartbeat_at)"
+            " VALUES (%s, %s, '{default}', 'stuck', now() - interval '1 hour')",
+            (socket.gethostname(), stranger.pid),
+        )
+        result = supervise(dsn, "--once", "--profile", "low")
+        assert result.returncode == 0, result.stderr
+        assert stranger.poll() is None  # still running: a pid is not enough to be ours
+        assert "1 gone marked dead" in result.stderr
+    finally:
+        stranger.kill()
+        stranger.wait()
