@@ -311,3 +311,15 @@ def db_url() -> None:
     if st.url is None:
         raise CliError("the embedded server is not running: `angela-queue db start`")
     out.print(st.url)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def demo(ctx: typer.Context) -> None:
+    """Run the learning-workers demo (embedded PostgreSQL unless a DSN is set); --help for its
+    options."""
+    from angela_queue.demo.run import main as run_demo
+
+    raise typer.Exit(run_demo(list(ctx.args)))

@@ -1,10 +1,10 @@
-"""Handlers for the worker processes of scripts/demo.py: an assistant's "learning" activities.
+"""Handlers for the worker processes of the demo: an assistant's "learning" activities.
 
 The project grew out of a conversational assistant whose background workers analyse each
 conversation, learn patterns, extract insights and consolidate memories. Here each activity
 sleeps for a while in place of its model calls and returns a small JSON result, so that
 the demo shows the queue's behaviour (priority, boosts, aging, throughput) and not an NLP
-pipeline. Workers load ``scripts.demo_app:app``; the demo builds its own producer App with
+pipeline. Workers load ``angela_queue.demo.app:app``; the demo builds its own producer App with
 ``build_app(dsn)``, so that both sides share the handlers' defaults (queue, timeout).
 """
 

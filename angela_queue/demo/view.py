@@ -1,4 +1,4 @@
-"""What scripts/demo.py shows: the live view and the summary, read with plain SQL.
+"""What the demo shows: the live view and the summary, read with plain SQL.
 
 Everything here is a query on ``angela_queue.tasks`` an operator could type (DESIGN.md §1:
 the database is the API), rendered with rich: a live panel on a terminal, one line every
@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from scripts.demo_app import KINDS, QUEUE, WORK_S
+from angela_queue.demo.app import KINDS, QUEUE, WORK_S
 
 PLAN_TASKS_PER_S = (10.0, 15.0)  # the seed plan's expectation for this setup
 TIERS = ("critical", "high", "medium", "low")

@@ -1,4 +1,4 @@
-"""The conversations of scripts/demo.py, and how each becomes four learning tasks.
+"""The conversations of the demo, and how each becomes four learning tasks.
 
 Deterministic (a seeded Random), so that every run tells the same story: 56 conversations
 whose analyses average importance 8.6, some emotional, a few urgent messages from the
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from angela_queue import EnqueueRequest
-from scripts.demo_app import QUEUE
+from angela_queue.demo.app import QUEUE
 
 BURST = 48  # conversations whose tasks arrive at once
 LIVE = 8  # conversations that end while the workers drain the burst

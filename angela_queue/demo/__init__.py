@@ -1,0 +1,1 @@
+"""The learning-workers demo (`angela-queue demo`, `make demo`)."""
