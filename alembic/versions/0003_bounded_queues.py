@@ -74,6 +74,17 @@ BEGIN
     NEW.max_attempts := coalesce(NEW.max_attempts, 5);
     NEW.timeout_s := coalesce(NEW.timeout_s, 60);
     NEW.attempts := 0;
+    -- The queue owns a task's state: a producer cannot start one as running or finished.
+    IF NEW.status IS DISTINCT FROM 'pending' THEN
+        RAISE EXCEPTION 'a new task is pending; its status is set by the queue, not "%"',
+            NEW.status USING ERRCODE = 'AQ006';
+    END IF;
+    NEW.worker_id := NULL;
+    NEW.started_at := NULL;
+    NEW.first_started_at := NULL;
+    NEW.finished_at := NULL;
+    NEW.result := NULL;
+    NEW.last_error := NULL;
     SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown queue "%"', NEW.queue
