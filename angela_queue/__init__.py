@@ -5,6 +5,7 @@ from __future__ import annotations
 from angela_queue.client import App
 from angela_queue.errors import (
     AngelaQueueError,
+    BatchPartialFailure,
     ConfigurationError,
     DatabaseError,
     InvalidTask,
@@ -22,6 +23,7 @@ from angela_queue.types import Enqueued, EnqueueRequest, Task, TaskState, Tier
 __all__ = [
     "AngelaQueueError",
     "App",
+    "BatchPartialFailure",
     "ConfigurationError",
     "DatabaseError",
     "EnqueueRequest",

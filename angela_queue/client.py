@@ -48,12 +48,20 @@ class App:
         timeout_s: int | None = None,
         max_attempts: int | None = None,
         queue: str | None = None,
+        batch: bool = False,
+        batch_size: int = 5,
+        batch_wait_s: float = 2.0,
     ) -> Callable[[F], F]:
         """Register a sync or async handler for ``kind``; it receives a ``Task``.
 
         ``transactional=True`` gives the handler ``task.conn``: its writes there commit
         together with the task's completion, or not at all. ``timeout_s``, ``max_attempts``
         and ``queue`` become the defaults of tasks of this kind enqueued through this App.
+
+        ``batch=True`` makes it a batch handler: it receives a ``list[Task]`` of one
+        ``batch_key``. Low-tier tasks are claimed together, up to ``batch_size``, waiting up
+        to ``batch_wait_s`` for the batch to fill; higher tiers never wait. The handler may
+        raise ``BatchPartialFailure`` to fail some tasks of the batch and not the others.
         """
 
         def register(func: F) -> F:
@@ -66,6 +74,9 @@ class App:
                     timeout_s=timeout_s,
                     max_attempts=max_attempts,
                     queue=queue,
+                    batch=batch,
+                    batch_size=batch_size,
+                    batch_wait_s=batch_wait_s,
                 )
             )
             return func

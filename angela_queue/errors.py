@@ -12,13 +12,15 @@
     ├── TaskNotFound            no task with that id
     └── DatabaseError           any other database failure (``__cause__`` keeps the original)
 
-Handler-facing control flow (not errors): ``Retry`` asks for another attempt later.
+Handler-facing control flow (not errors): ``Retry`` asks for another attempt later;
+``BatchPartialFailure`` fails some tasks of a batch and lets the others succeed.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class AngelaQueueError(Exception):
@@ -102,3 +104,18 @@ class Retry(Exception):
         self.delay_s = delay_s
         self.reason = reason
         super().__init__(reason)
+
+
+class BatchPartialFailure(Exception):
+    """Raised by a batch handler: the tasks in ``failed`` fail, every other task succeeds.
+
+    ``failed`` maps task ids to their error (an exception or a message); ``results`` may give
+    the succeeded tasks' results by id. Failed tasks retry per their own attempts.
+    """
+
+    def __init__(
+        self, failed: Mapping[int, BaseException | str], results: Mapping[int, Any] | None = None
+    ) -> None:
+        self.failed = dict(failed)
+        self.results = dict(results or {})
+        super().__init__(f"{len(self.failed)} task(s) of the batch failed")

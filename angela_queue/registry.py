@@ -24,6 +24,9 @@ class Handler:
     timeout_s: int | None = None
     max_attempts: int | None = None
     queue: str | None = None
+    batch: bool = False
+    batch_size: int = 5
+    batch_wait_s: float = 2.0
 
 
 class Registry:
@@ -39,6 +42,12 @@ class Registry:
             )
         if handler.kind in self._handlers:
             raise ConfigurationError(f"a handler for {handler.kind!r} is already registered")
+        if handler.batch and not (1 <= handler.batch_size <= 1000 and handler.batch_wait_s >= 0):
+            raise ConfigurationError(
+                f"{handler.kind!r}: batch_size must be 1..1000 and batch_wait_s not negative"
+            )
+        if handler.batch and handler.transactional:
+            raise ConfigurationError(f"{handler.kind!r}: a batch handler cannot be transactional")
         self._handlers[handler.kind] = handler
 
     def get(self, kind: str) -> Handler:

@@ -425,6 +425,22 @@ class AsyncTaskStore:
                 )
                 return await cur.fetchall()
 
+    async def task_claim_batch(
+        self, worker_id: int, queue: str, kind: str, batch_key: str, limit: int
+    ) -> list[Task]:
+        """Claim up to ``limit`` low-tier mates of a batch (same queue, kind, batch_key)."""
+        params = {
+            "worker_id": worker_id,
+            "queue": queue,
+            "kind": kind,
+            "batch_key": batch_key,
+            "limit": limit,
+        }
+        with translate_errors():
+            async with self.conn.cursor(row_factory=class_row(Task)) as cur:
+                await cur.execute(Q["task_claim_batch"], params)
+                return await cur.fetchall()
+
     async def task_complete_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
         """Mark tasks succeeded; returns the ids that were still ours (fencing)."""
         with translate_errors():

@@ -346,3 +346,29 @@ SELECT id, pid, status, stop_requested, started_at, last_active_at, current_task
 
 -- name: worker_request_stop
 UPDATE angela_queue.workers SET stop_requested = true WHERE id = %(id)s AND status <> 'dead';
+
+-- name: task_claim_batch
+-- More low-tier tasks for a batch: same queue, kind and batch_key, best first, through
+-- tasks_batch_idx; SKIP LOCKED so that two batches never share a task.
+WITH mates AS (
+    SELECT t.id, q.aging_rate * angela_queue.epoch_minutes(now()) - t.sort_key
+               AS effective_priority
+      FROM angela_queue.tasks t
+      JOIN angela_queue.queues q ON q.name = t.queue
+     WHERE t.status = 'pending' AND t.ready AND t.tier = 'low'
+       AND t.queue = %(queue)s AND t.kind = %(kind)s AND t.batch_key = %(batch_key)s
+     ORDER BY t.sort_key, t.id
+     LIMIT %(limit)s
+       FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE angela_queue.tasks t
+   SET status = 'running',
+       attempts = t.attempts + 1,
+       worker_id = %(worker_id)s,
+       started_at = now(),
+       first_started_at = coalesce(t.first_started_at, now())
+  FROM mates m
+ WHERE t.id = m.id
+RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
+          t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
+          t.dedupe_key, t.timeout_s, m.effective_priority, t.worker_id;

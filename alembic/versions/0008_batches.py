@@ -1,0 +1,42 @@
+"""Batches: an index to claim a batch's mates, and per-worker batch counters.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+UPGRADE = """
+-- Low-tier due tasks by batch key: a batch handler claims a task's mates from here. Only
+-- low-tier inserts maintain it (the only tier that is batched and waits).
+CREATE INDEX tasks_batch_idx ON angela_queue.tasks (queue, kind, batch_key, sort_key, id)
+    WHERE status = 'pending' AND ready AND tier = 'low';
+
+ALTER TABLE angela_queue.workers
+    ADD COLUMN batches_run bigint NOT NULL DEFAULT 0,
+    ADD COLUMN batch_tasks bigint NOT NULL DEFAULT 0;
+COMMENT ON COLUMN angela_queue.workers.batch_tasks IS
+    'tasks run in batches; batch_tasks / batches_run is the average batch size';
+"""
+
+DOWNGRADE = """
+ALTER TABLE angela_queue.workers DROP COLUMN IF EXISTS batch_tasks,
+                                 DROP COLUMN IF EXISTS batches_run;
+DROP INDEX IF EXISTS angela_queue.tasks_batch_idx;
+"""
+
+
+def upgrade() -> None:
+    op.execute(UPGRADE)
+
+
+def downgrade() -> None:
+    op.execute(DOWNGRADE)
