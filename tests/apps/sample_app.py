@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from angela_queue import App, Retry, Task
+from angela_queue import App, BatchPartialFailure, Retry, Task
 
 app = App()
 _local = threading.local()
@@ -81,3 +81,25 @@ def retry_later(task: Task) -> None:
     _record(task)
     if task.attempts == 1:
         raise Retry(delay_s=float(task.payload.get("delay_s", 0.5)), reason="not yet")
+
+
+CREATE_BATCHES = """CREATE TABLE IF NOT EXISTS test_batches (
+    batch int NOT NULL, task_id bigint NOT NULL, batch_key text NOT NULL, size int NOT NULL,
+    attempt int NOT NULL, at timestamptz DEFAULT now())"""
+
+
+@app.task("test.batch", batch=True, batch_size=5, batch_wait_s=1.0)
+def batch(tasks: list[Task]) -> None:
+    """Records each batch; payload {"fail": true} fails that task alone, {"sleep": s} waits."""
+    conn = _conn()
+    number = conn.execute("SELECT coalesce(max(batch), 0) + 1 FROM test_batches").fetchone()
+    for t in tasks:
+        conn.execute(
+            "INSERT INTO test_batches (batch, task_id, batch_key, size, attempt)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (number[0] if number else 1, t.id, t.batch_key, len(tasks), t.attempts),
+        )
+    time.sleep(max(float(t.payload.get("sleep", 0)) for t in tasks))
+    failed = {t.id: f"task {t.id} is bad" for t in tasks if t.payload.get("fail")}
+    if failed:
+        raise BatchPartialFailure(failed)
