@@ -194,11 +194,13 @@ def _print_status(data: dict[str, Any]) -> None:
             str(r["failed_1h"]),
         )
     out.print(queues)
-    workers = Table(title="workers")
-    for col in ("id", "host", "pid", "status", "heartbeat s", "done", "failed", "avg ms", "task"):
+    workers = Table(title="workers (view worker_stats)")
+    columns = ("id", "host", "pid", "status", "heartbeat s", "done", "failed", "avg ms")
+    for col in (*columns, "running", "task", "last active"):
         workers.add_column(col)
     for w in data["workers"]:
         avg = "-" if w["avg_processing_ms"] is None else f"{w['avg_processing_ms']:.1f}"
+        active = w["last_active_at"]
         workers.add_row(
             str(w["id"]),
             w["hostname"],
@@ -208,7 +210,9 @@ def _print_status(data: dict[str, Any]) -> None:
             str(w["tasks_completed"]),
             str(w["tasks_failed"]),
             avg,
+            str(w["tasks_running"]),
             str(w["current_task_id"] or "-"),
+            "-" if active is None else active.strftime("%H:%M:%S"),
         )
     out.print(workers)
 

@@ -56,10 +56,11 @@ SELECT coalesce(l.queue, r.queue) AS queue, coalesce(l.tier, r.tier) AS tier,
  ORDER BY 1, array_position(ARRAY['critical', 'high', 'medium', 'low'], coalesce(l.tier, r.tier));
 
 -- name: status_workers
-SELECT id, hostname, pid, queues, status, extract(epoch FROM now() - heartbeat_at) AS heartbeat_age_s,
-       current_task_id, tasks_completed, tasks_failed, avg_processing_ms, started_at
-  FROM angela_queue.workers
- WHERE status <> 'dead' OR heartbeat_at > now() - interval '1 hour'
+-- Live workers, and the dead ones of the last hour, from the worker_stats view.
+SELECT id, hostname, pid, queues, status, heartbeat_age_s, tasks_completed, tasks_failed,
+       avg_processing_ms, current_task_id, last_active_at, started_at, tasks_running
+  FROM angela_queue.worker_stats
+ WHERE status <> 'dead' OR heartbeat_age_s < 3600
  ORDER BY id;
 
 -- name: task_claim

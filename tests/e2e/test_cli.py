@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from angela_queue import migrate
 from tests.e2e.helpers import ROOT
 
 
@@ -42,9 +43,9 @@ def assert_one_line_error(result, fragment: str) -> None:
 def test_migrate_creates_the_schema_and_is_idempotent(empty_dsn):
     first = cli("migrate", dsn=empty_dsn)
     assert first.returncode == 0, first.stderr
-    assert "revision 0001" in first.stdout
+    assert f"revision {migrate.head_revision()}" in first.stdout
     again = cli("migrate", dsn=empty_dsn)
-    assert again.returncode == 0 and "revision 0001" in again.stdout
+    assert again.returncode == 0 and f"revision {migrate.head_revision()}" in again.stdout
 
 
 def test_enqueue_then_status_json(dsn):
@@ -167,3 +168,23 @@ def test_embedded_db_commands(tmp_path):
         assert "stopped" in cli("db", "stop", env=env).stdout
     assert cli("db", "status", env=env).returncode == 1
     assert "not running" in cli("db", "stop", env=env).stdout
+
+
+def test_status_shows_workers_from_the_worker_stats_view(dsn, conn):
+    conn.execute(
+        "INSERT INTO angela_queue.workers (hostname, pid, queues, status, tasks_completed)"
+        " VALUES ('box-1', 4242, '{default}', 'active', 17)"
+    )
+    result = cli("status", "--json", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    (worker,) = json.loads(result.stdout)["workers"]
+    assert {
+        "hostname": "box-1",
+        "pid": 4242,
+        "status": "active",
+        "tasks_completed": 17,
+    }.items() <= (worker.items())
+    assert {"heartbeat_age_s", "last_active_at", "started_at", "tasks_running"} <= set(worker)
+    table = cli("status", dsn=dsn, env={"COLUMNS": "160"})
+    assert table.returncode == 0, table.stderr
+    assert "worker_stats" in table.stdout and "box-1" in table.stdout

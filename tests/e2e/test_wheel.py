@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from angela_queue import migrate
 from tests.e2e.helpers import ROOT
 
 pytestmark = pytest.mark.slow
@@ -81,4 +82,4 @@ def test_wheel_ships_the_migrations_and_migrates_from_elsewhere(tmp_path: Path, 
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "revision 0001" in result.stdout
+    assert f"revision {migrate.head_revision()}" in result.stdout
