@@ -45,7 +45,9 @@ class ReaperConfig:
 
     heartbeat_timeout_s: float = 30.0
     interval_s: float = REAPER_INTERVAL_DEFAULT_S
-    # Each wait is interval_s × (1 ± jitter), so reapers started together drift apart.
+    # Each wait is interval_s × (1 − jitter × U[0, 1]): reapers started together drift apart,
+    # and a pass is never later than interval_s (a reclaim stays within heartbeat timeout +
+    # one interval, also for the worker's reaper, which can only run right after a beat).
     jitter: float = REAPER_JITTER_DEFAULT
     batch_size: int = REAPER_BATCH_SIZE_DEFAULT
 
@@ -94,7 +96,7 @@ class ReapResult:
 class Schedule:
     """Decides when a reaper in a long-lived process may run.
 
-    Every ``interval_s`` with jitter, and only once its own connection has been healthy for
+    Every ``interval_s`` at most, and only once its own connection has been healthy for
     a whole heartbeat timeout: after a database outage every worker's heartbeat is old, and
     the first reaper back must give the others time to beat before it judges them dead.
     """
@@ -123,8 +125,7 @@ class Schedule:
         return True
 
     def delay(self) -> float:
-        spread = self.config.jitter * (2 * self._rand.random() - 1)
-        return max(0.01, self.config.interval_s * (1 + spread))
+        return max(0.01, self.config.interval_s * (1 - self.config.jitter * self._rand.random()))
 
 
 class Reaper:
