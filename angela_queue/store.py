@@ -339,6 +339,10 @@ class AsyncTaskStore:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def queue_listen(self) -> None:
+        """Subscribe this connection to the wake-up channel (NOTIFY_CHANNEL)."""
+        await self.conn.execute(Q["queue_listen"])
+
     async def queue_get(self, name: str) -> dict[str, Any] | None:
         with translate_errors():
             async with self.conn.cursor(row_factory=dict_row) as cur:

@@ -26,7 +26,8 @@ from angela_queue import errors
 from angela_queue.client import App
 from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
-from angela_queue.store import NOTIFY_CHANNEL, AsyncTaskStore, Outcome
+from angela_queue.listener import listen
+from angela_queue.store import AsyncTaskStore, Outcome
 from angela_queue.types import Task
 
 log = logging.getLogger("angela_queue.worker")
@@ -120,7 +121,9 @@ class Worker:
         if async_pool is not None:
             await async_pool.open()
         runner = TaskRunner(self.settings, self.worker_id, threads, async_pool, sync_pool)
-        listener = asyncio.create_task(self._listen(dsn)) if self.listen else None
+        listener = (
+            asyncio.create_task(listen(dsn, self.queues, self._wake.set)) if self.listen else None
+        )
         try:
             conn = await self._loop(conn, runner)
             await self._drain(conn)
@@ -304,26 +307,6 @@ class Worker:
         log.error(
             "could not record %d outcome(s); the reaper will reclaim them", len(self._outcomes)
         )
-
-    async def _listen(self, dsn: str) -> None:
-        """LISTEN for new work; reconnects with backoff when the connection drops."""
-        backoff = 0.1
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as lconn:
-                    await lconn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    backoff = 0.1
-                    self._wake.set()  # catch up on anything inserted while not listening
-                    async for note in lconn.notifies():
-                        if note.payload in self.queues:
-                            self._wake.set()
-            except psycopg.OperationalError as exc:
-                log.warning(
-                    "listener connection lost (%s); reconnecting",
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
 
 
 async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:

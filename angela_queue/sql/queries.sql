@@ -15,6 +15,11 @@ SELECT count(*) AS n FROM (
 SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused
   FROM angela_queue.queues WHERE name = %(name)s;
 
+-- name: queue_listen
+-- Wake-ups: the insert trigger, task_promote_due and the reapers notify this channel with
+-- the queue's name as payload (store.NOTIFY_CHANNEL).
+LISTEN angela_queue;
+
 -- name: queue_list
 SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused
   FROM angela_queue.queues ORDER BY name;
