@@ -74,6 +74,7 @@ class Worker:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._outcomes: list[Outcome] = []
         self._stop_reason = ""
+        self._reconnected = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -165,6 +166,8 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 store = AsyncTaskStore(conn)
+                if self._reconnected:
+                    await self._release_unknown(store)
                 await self._flush(store)
                 if time.monotonic() - last_promote >= PROMOTE_EVERY_S:
                     last_promote = time.monotonic()
@@ -202,9 +205,22 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(Exception):
                     await conn.close()
-                with contextlib.suppress(psycopg.OperationalError):
+                with contextlib.suppress(psycopg.OperationalError, errors.DatabaseError):
                     conn = await _connect(self.app.dsn)
+                self._reconnected = True
         return conn
+
+    async def _release_unknown(self, store: AsyncTaskStore) -> None:
+        """After a reconnect: a claim may have committed while its reply was lost."""
+        known = set(self._running) | {o.task_id for o in self._outcomes}
+        released = await store.task_release_unknown(self.worker_id or 0, sorted(known))
+        self._reconnected = False
+        if released:
+            log.warning(
+                "released %d task(s) claimed just before the connection was lost: %s",
+                len(released),
+                ", ".join(map(str, released)),
+            )
 
     async def _wait(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -302,7 +318,7 @@ class Worker:
                 return
             except (psycopg.OperationalError, errors.DatabaseError):
                 await asyncio.sleep(0.2 * (attempt + 1))
-                with contextlib.suppress(psycopg.OperationalError):
+                with contextlib.suppress(psycopg.OperationalError, errors.DatabaseError):
                     conn = await _connect(self.app.dsn)
         log.error(
             "could not record %d outcome(s); the reaper will reclaim them", len(self._outcomes)
