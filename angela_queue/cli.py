@@ -115,9 +115,11 @@ def worker(
     _logging(log_level)
     settings = _settings(dsn=dsn)
     application = _load_app(app_spec, settings)
-    run_worker(
+    code = run_worker(
         application, queues=tuple(queue) if queue else None, concurrency=concurrency, listen=listen
     )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -81,3 +81,33 @@ def retry_later(task: Task) -> None:
     _record(task)
     if task.attempts == 1:
         raise Retry(delay_s=float(task.payload.get("delay_s", 0.5)), reason="not yet")
+
+
+@app.task("test.spin")
+def spin(task: Task) -> dict[str, int]:
+    """Pure-Python CPU work that never sleeps: it holds the GIL whenever it may."""
+    deadline = time.monotonic() + float(task.payload.get("seconds", 1.0))
+    x = 0
+    while time.monotonic() < deadline:
+        for i in range(1000):
+            x += i * i
+    _record(task)
+    return {"pid": os.getpid()}
+
+
+@app.task("test.hang_once")
+def hang_once(task: Task) -> dict[str, int]:
+    """Hangs (sleeps ``seconds``) on its first attempt only; later attempts are quick."""
+    if task.attempts == 1:
+        time.sleep(float(task.payload.get("seconds", 30.0)))
+    _record(task)
+    return {"pid": os.getpid(), "attempt": task.attempts}
+
+
+@app.task("test.block_loop_once")
+async def block_loop_once(task: Task) -> dict[str, int]:
+    """A broken async handler: on its first attempt it blocks the event loop."""
+    if task.attempts == 1:
+        time.sleep(float(task.payload.get("seconds", 30.0)))
+    await asyncio.to_thread(_record, task)
+    return {"pid": os.getpid(), "attempt": task.attempts}
