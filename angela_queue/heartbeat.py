@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from angela_queue.reaper import Reaper, Schedule
+from angela_queue.reaper import Reaper, Schedule, first_line
 from angela_queue.store import TaskStore
 from angela_queue.watchdog import loop_verdict
 
@@ -166,7 +166,7 @@ class Heartbeater:
             self.counters.give_back(params)
             if self.schedule is not None:
                 self.schedule.broken()
-            log.warning("heartbeat failed (will retry): %s", str(exc).strip().splitlines()[0])
+            log.warning("heartbeat failed (will retry): %s", first_line(exc))
             self._close()
             return
         if stop is None:
@@ -190,7 +190,7 @@ class Heartbeater:
         try:
             self.reaper.run_once(store)
         except Exception as exc:
-            log.warning("reaper pass failed (will retry): %s", str(exc).strip().splitlines()[0])
+            log.warning("reaper pass failed (will retry): %s", first_line(exc))
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:

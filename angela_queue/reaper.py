@@ -170,9 +170,8 @@ class Reaper:
             except (psycopg.Error, errors.AngelaQueueError) as exc:
                 schedule.broken()
                 self.close()
-                log.warning(
-                    "reaper: database unavailable (%s); retrying in %.1f s", _line(exc), backoff
-                )
+                why = first_line(exc)
+                log.warning("reaper: database unavailable (%s); retrying in %.1f s", why, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
@@ -193,7 +192,7 @@ class Reaper:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
             except psycopg.OperationalError as exc:
                 raise errors.DatabaseError(
-                    f"cannot connect to {redact_dsn(self.dsn)}: {_line(exc)}"
+                    f"cannot connect to {redact_dsn(self.dsn)}: {first_line(exc)}"
                 ) from exc
         return self._conn
 
@@ -208,6 +207,7 @@ def _drain(step: Callable[[], list[Reclaimed]], limit: int) -> list[Reclaimed]:
             return out
 
 
-def _line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error as one log line (some exceptions have an empty message)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
