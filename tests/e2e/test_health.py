@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -36,7 +37,7 @@ def runs(conn):
     return conn
 
 
-def enqueue(dsn: str, kind: str, payload: dict | None = None, **options) -> int:
+def enqueue(dsn: str, kind: str, payload: dict[str, Any] | None = None, **options) -> int:
     app = App(Settings(dsn=dsn))
     try:
         return app.enqueue(kind, payload or {}, **options)
@@ -155,7 +156,8 @@ def test_cpu_bound_handlers_do_not_stop_the_heartbeat(dsn, runs):
     finally:
         outputs = [stop(busy), stop(watcher)]
     assert all(code == 0 for code, _ in outputs), outputs
-    assert max(ages) < 5 * HEARTBEAT_S, max(ages)
+    # Measured 0.4-0.6 s (interval 0.2 s plus GIL hand-overs); the reaper acts at 1.5 s.
+    assert max(ages) < HEARTBEAT_TIMEOUT_S - HEARTBEAT_S, max(ages)
     assert {row(runs, i)[1:] for i in ids} == {(1, busy_id)}
 
 
