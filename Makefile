@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test/fast lint format typecheck demo bench check clean
+.PHONY: help install test test/fast lint format typecheck demo bench chaos check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ demo: install ## the "learning workers" demo on the embedded PostgreSQL (or ANGE
 
 bench: install ## enqueue rate, drain rate and wake-up latency (scripts/bench.py)
 	$(BIN)/python scripts/bench.py
+
+chaos: install ## SIGKILL a random worker every 2 s while 5,000 tasks flow (scripts/chaos.py)
+	$(BIN)/python scripts/chaos.py kill
 
 check: lint test ## exactly what CI runs
 

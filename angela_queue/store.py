@@ -58,6 +58,21 @@ class Outcome:
     retry_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """A task a reaper took back: ``status`` is ``pending`` (retried) or ``failed``."""
+
+    task_id: int
+    status: str
+    queue: str
+    worker_id: int | None
+
+
+def reclaimed_rows(rows: Sequence[tuple[Any, ...]]) -> list[Reclaimed]:
+    """Rows of task_reclaim_orphaned/task_reclaim_overdue as values (pure)."""
+    return [Reclaimed(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
+
+
 @contextlib.contextmanager
 def translate_errors(queue: str | None = None) -> Iterator[None]:
     """Turn psycopg errors into angela-queue errors, keyed by SQLSTATE and constraint."""
@@ -391,6 +406,32 @@ class TaskStore:
                     cur.execute(Q[query], params)
             return cur.fetchall() if cur.description else []
 
+    def worker_mark_dead_stale(self, timeout_s: float, now: datetime | None = None) -> list[int]:
+        """Mark workers silent for over ``timeout_s`` dead; returns the ids this call marked."""
+        with translate_errors():
+            rows = self.conn.execute(
+                Q["worker_mark_dead_stale"], {"timeout_s": timeout_s, "now": now}
+            ).fetchall()
+        return sorted(int(r[0]) for r in rows)
+
+    def task_reclaim_orphaned(self, limit: int, now: datetime | None = None) -> list[Reclaimed]:
+        """Take back up to ``limit`` tasks running under dead or missing workers."""
+        with translate_errors():
+            rows = self.conn.execute(
+                Q["task_reclaim_orphaned"], {"limit": limit, "now": now}
+            ).fetchall()
+        return reclaimed_rows(rows)
+
+    def task_reclaim_overdue(
+        self, grace_s: float, limit: int, now: datetime | None = None
+    ) -> list[Reclaimed]:
+        """Take back up to ``limit`` tasks still running ``grace_s`` past their timeout_s."""
+        with translate_errors():
+            rows = self.conn.execute(
+                Q["task_reclaim_overdue"], {"grace_s": grace_s, "limit": limit, "now": now}
+            ).fetchall()
+        return reclaimed_rows(rows)
+
 
 class AsyncTaskStore:
     """Asynchronous store on one psycopg async connection (the worker's hot path)."""
@@ -455,6 +496,14 @@ class AsyncTaskStore:
             cur = await self.conn.execute(Q["task_fail_many"], fail_params(worker_id, outcomes))
             return {int(r[0]) for r in await cur.fetchall()}
 
+    async def task_release_unknown(self, worker_id: int, known_ids: Sequence[int]) -> list[int]:
+        """Put back tasks running under ``worker_id`` that it does not know (lost claim replies)."""
+        with translate_errors():
+            cur = await self.conn.execute(
+                Q["task_release_unknown"], {"worker_id": worker_id, "known_ids": list(known_ids)}
+            )
+            return sorted(int(r[0]) for r in await cur.fetchall())
+
     async def task_promote_due(self, limit: int = 1000) -> list[str]:
         """Move due scheduled tasks into the claim path; returns the queues that got work."""
         with translate_errors():
@@ -468,6 +517,10 @@ class AsyncTaskStore:
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def queue_listen(self) -> None:
+        """Subscribe this connection to the wake-up channel (NOTIFY_CHANNEL)."""
+        await self.conn.execute(Q["queue_listen"])
 
     async def queue_get(self, name: str) -> dict[str, Any] | None:
         with translate_errors():

@@ -1,9 +1,14 @@
 """Worker: register → loop (promote due, claim up to free slots, run, record) → graceful stop.
 
 One asyncio loop per process owns one connection for claims and outcomes; a second one
-LISTENs for new work. Outcomes are written in batches right before the next claim, so a
-busy worker pays about two statements per batch of tasks, and an idle one nothing but a
+LISTENs for new work; the heartbeat thread has a third, which it also uses for this
+worker's share of reaping. Outcomes are written in batches right before the next claim, so
+a busy worker pays about two statements per batch of tasks, and an idle one nothing but a
 capped count at each poll.
+
+Exit codes: 0 after a graceful stop; ``EXIT_DECLARED_DEAD`` when a reaper declared the
+worker dead (it was paused or cut off); ``EXIT_STUCK`` when a handler would not return.
+The last two ask a supervisor (or systemd) for a fresh process.
 """
 
 from __future__ import annotations
@@ -26,8 +31,22 @@ from angela_queue import errors
 from angela_queue.client import App
 from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
-from angela_queue.store import NOTIFY_CHANNEL, AsyncTaskStore, Outcome
+from angela_queue.listener import listen
+from angela_queue.reaper import Reaper, ReaperConfig
+from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
 from angela_queue.types import Task
+from angela_queue.watchdog import (
+    EXIT_DECLARED_DEAD,
+    EXIT_OK,
+    EXIT_STUCK,
+    HARD_EXIT_MARGIN_S,
+    exit_code_for,
+    give_up_wedged,
+    hard_exit,
+    hard_exit_after,
+    tick_forever,
+    wait_lingering,
+)
 
 log = logging.getLogger("angela_queue.worker")
 
@@ -73,16 +92,32 @@ class Worker:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._outcomes: list[Outcome] = []
         self._stop_reason = ""
+        self._exit_codes: set[int] = set()
+        self._heart: Heartbeater | None = None
+        self._reconnected = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def request_stop(self, reason: str = "stop requested") -> None:
-        """Stop claiming and finish running tasks (thread-safe through the loop)."""
+    @property
+    def exit_code(self) -> int:
+        """What the process should exit with once ``run()`` returned."""
+        return exit_code_for(self._exit_codes)
+
+    def request_stop(self, reason: str = "stop requested", exit_code: int = EXIT_OK) -> None:
+        """Stop claiming and finish running tasks (call on the loop; threads use
+        ``loop.call_soon_threadsafe``). A non-zero ``exit_code`` also arms a hard exit, so
+        that the process leaves even if the graceful part cannot finish."""
         if not self._stopping.is_set():
             log.info("worker %s stopping: %s", self.worker_id, reason)
             self._stop_reason = reason
+        if exit_code != EXIT_OK and exit_code not in self._exit_codes:
+            hard_exit_after(self.settings.shutdown_grace_s + HARD_EXIT_MARGIN_S, exit_code, reason)
+        self._exit_codes.add(exit_code)
+        self.counters.stopping = True
         self._stopping.set()
         self._wake.set()
+        if self._heart is not None:
+            self._heart.poke()
 
     async def run(self) -> None:
         dsn = self.app.dsn
@@ -105,13 +140,22 @@ class Worker:
             self.listen,
         )
         loop = asyncio.get_running_loop()
-        heart = Heartbeater(
+        heart = self._heart = Heartbeater(
             dsn,
             self.worker_id,
             self.counters,
             self.settings.heartbeat_s,
             lambda why: loop.call_soon_threadsafe(self.request_stop, why),
+            heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
+            on_declared_dead=lambda: loop.call_soon_threadsafe(
+                self.request_stop,
+                "declared dead by a reaper: its tasks run elsewhere now",
+                EXIT_DECLARED_DEAD,
+            ),
+            on_wedged=self._give_up_wedged,
+            reaper=Reaper(ReaperConfig.from_settings(self.settings)),
         )
+        ticker = asyncio.create_task(tick_forever(self.counters))
         heart.start()
         threads = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix=TASK_THREAD_PREFIX
@@ -120,15 +164,18 @@ class Worker:
         if async_pool is not None:
             await async_pool.open()
         runner = TaskRunner(self.settings, self.worker_id, threads, async_pool, sync_pool)
-        listener = asyncio.create_task(self._listen(dsn)) if self.listen else None
+        listener = (
+            asyncio.create_task(listen(dsn, self.queues, self._wake.set)) if self.listen else None
+        )
         try:
             conn = await self._loop(conn, runner)
             await self._drain(conn)
         finally:
-            if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+            for side in (listener, ticker):
+                if side is not None:
+                    side.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await side
             heart.stop()
             with contextlib.suppress(psycopg.Error, errors.AngelaQueueError):
                 await AsyncTaskStore(conn).worker_mark_dead(self.worker_id)
@@ -162,6 +209,8 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 store = AsyncTaskStore(conn)
+                if self._reconnected:
+                    await self._release_unknown(store)
                 await self._flush(store)
                 if time.monotonic() - last_promote >= PROMOTE_EVERY_S:
                     last_promote = time.monotonic()
@@ -199,9 +248,26 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(Exception):
                     await conn.close()
-                with contextlib.suppress(psycopg.OperationalError):
+                with contextlib.suppress(psycopg.OperationalError, errors.DatabaseError):
                     conn = await _connect(self.app.dsn)
+                self._reconnected = True
         return conn
+
+    async def _release_unknown(self, store: AsyncTaskStore) -> None:
+        """After a reconnect: a claim may have committed while its reply was lost."""
+        known = set(self._running) | {o.task_id for o in self._outcomes}
+        released = await store.task_release_unknown(self.worker_id or 0, sorted(known))
+        self._reconnected = False
+        if released:
+            log.warning(
+                "released %d task(s) claimed just before the connection was lost: %s",
+                len(released),
+                ", ".join(map(str, released)),
+            )
+
+    def _give_up_wedged(self, store: TaskStore, silent_s: float) -> None:
+        reaper = Reaper(ReaperConfig.from_settings(self.settings))
+        give_up_wedged(store, self.worker_id or 0, reaper, silent_s)
 
     async def _wait(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -213,7 +279,7 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _start(self, runner: TaskRunner, task: Task) -> None:
-        self.counters.started(task.id)
+        self.counters.started(task.id, task.timeout_s)
         self._running[task.id] = asyncio.create_task(
             self._execute(runner, task), name=f"task-{task.id}"
         )
@@ -228,17 +294,21 @@ class Worker:
         finally:
             self._record(task, outcome)
             lingering = runner.lingering.pop(task.id, None)
-            if lingering is not None and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                log.error(
-                    "task %s: sync handler still running past timeout_s=%s; its slot "
-                    "stays taken until it returns",
-                    task.id,
-                    task.timeout_s,
-                )
-                with contextlib.suppress(BaseException):
-                    await lingering
-            self._running.pop(task.id, None)
-            self._wake.set()
+            try:
+                if lingering is not None and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    await self._wait_lingering(task, lingering)
+            finally:
+                self._running.pop(task.id, None)
+                self._wake.set()
+
+    async def _wait_lingering(self, task: Task, lingering: asyncio.Future[Any]) -> None:
+        poke = self._heart.poke if self._heart is not None else (lambda: None)
+        if not await wait_lingering(task.id, task.timeout_s, lingering, self.counters, poke):
+            self.request_stop(
+                f"stuck: the handler of task {task.id} is still running "
+                f"{2 * task.timeout_s} s after it started",
+                EXIT_STUCK,
+            )
 
     def _record(self, task: Task, outcome: Outcome | None) -> None:
         succeeded = outcome is None or outcome.succeeded
@@ -299,31 +369,11 @@ class Worker:
                 return
             except (psycopg.OperationalError, errors.DatabaseError):
                 await asyncio.sleep(0.2 * (attempt + 1))
-                with contextlib.suppress(psycopg.OperationalError):
+                with contextlib.suppress(psycopg.OperationalError, errors.DatabaseError):
                     conn = await _connect(self.app.dsn)
         log.error(
             "could not record %d outcome(s); the reaper will reclaim them", len(self._outcomes)
         )
-
-    async def _listen(self, dsn: str) -> None:
-        """LISTEN for new work; reconnects with backoff when the connection drops."""
-        backoff = 0.1
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as lconn:
-                    await lconn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    backoff = 0.1
-                    self._wake.set()  # catch up on anything inserted while not listening
-                    async for note in lconn.notifies():
-                        if note.payload in self.queues:
-                            self._wake.set()
-            except psycopg.OperationalError as exc:
-                log.warning(
-                    "listener connection lost (%s); reconnecting",
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
 
 
 async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
@@ -341,8 +391,10 @@ def run_worker(
     queues: tuple[str, ...] | None = None,
     concurrency: int | None = None,
     listen: bool | None = None,
-) -> None:
-    """Run a worker until SIGTERM/SIGINT, then stop gracefully (the CLI's entry point)."""
+) -> int:
+    """Run a worker until SIGTERM/SIGINT, then stop gracefully (the CLI's entry point).
+
+    Returns the exit code (see the module docstring)."""
     worker = Worker(app, queues=queues, concurrency=concurrency, listen=listen)
 
     async def main() -> None:
@@ -355,5 +407,5 @@ def run_worker(
     if any(t.name.startswith(TASK_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()):
         # A sync handler that cannot be interrupted is still running; its task was released.
         # Exiting now, rather than joining it, keeps the shutdown bounded.
-        logging.shutdown()
-        os._exit(0)
+        hard_exit(worker.exit_code)
+    return worker.exit_code

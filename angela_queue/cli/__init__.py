@@ -9,6 +9,7 @@ import typer
 from angela_queue import errors
 from angela_queue.cli import (  # noqa: F401 - they register their commands
     core,
+    health,
     priority,
     supervise,
     tasks,

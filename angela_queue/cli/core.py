@@ -64,9 +64,11 @@ def worker(
     setup_logging(log_level)
     settings = load_settings(dsn=dsn)
     application = load_app(app_spec, settings)
-    run_worker(
+    code = run_worker(
         application, queues=tuple(queue) if queue else None, concurrency=concurrency, listen=listen
     )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -175,11 +177,13 @@ def _print_status(data: dict[str, Any]) -> None:
             str(counts[4]),
         )
     out.print(queues)
-    workers = Table(title="workers")
-    for col in ("id", "host", "pid", "status", "heartbeat s", "done", "failed", "avg ms", "task"):
+    workers = Table(title="workers (view worker_stats)")
+    worker_columns = ("id", "host", "pid", "status", "heartbeat s", "done", "failed", "avg ms")
+    for col in (*worker_columns, "running", "task", "last active"):
         workers.add_column(col)
     for w in data["workers"]:
         avg = "-" if w["avg_processing_ms"] is None else f"{w['avg_processing_ms']:.1f}"
+        active = w["last_active_at"]
         workers.add_row(
             str(w["id"]),
             w["hostname"],
@@ -189,7 +193,9 @@ def _print_status(data: dict[str, Any]) -> None:
             str(w["tasks_completed"]),
             str(w["tasks_failed"]),
             avg,
+            str(w["tasks_running"]),
             str(w["current_task_id"] or "-"),
+            "-" if active is None else active.strftime("%H:%M:%S"),
         )
     out.print(workers)
     if data["decisions"]:

@@ -15,6 +15,11 @@ SELECT count(*) AS n FROM (
 SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits
   FROM angela_queue.queues WHERE name = %(name)s;
 
+-- name: queue_listen
+-- Wake-ups: the insert trigger, task_promote_due and the reapers notify this channel with
+-- the queue's name as payload (store.NOTIFY_CHANNEL).
+LISTEN angela_queue;
+
 -- name: queue_list
 SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits
   FROM angela_queue.queues ORDER BY name;
@@ -67,10 +72,11 @@ SELECT coalesce(l.queue, r.queue) AS queue, coalesce(l.tier, r.tier) AS tier,
  ORDER BY 1, array_position(ARRAY['critical', 'high', 'medium', 'low'], coalesce(l.tier, r.tier));
 
 -- name: status_workers
-SELECT id, hostname, pid, queues, status, extract(epoch FROM now() - heartbeat_at) AS heartbeat_age_s,
-       current_task_id, tasks_completed, tasks_failed, avg_processing_ms, started_at
-  FROM angela_queue.workers
- WHERE status <> 'dead' OR heartbeat_at > now() - interval '1 hour'
+-- Live workers, and the dead ones of the last hour, from the worker_stats view.
+SELECT id, hostname, pid, queues, status, heartbeat_age_s, tasks_completed, tasks_failed,
+       avg_processing_ms, current_task_id, last_active_at, started_at, tasks_running
+  FROM angela_queue.worker_stats
+ WHERE status <> 'dead' OR heartbeat_age_s < 3600
  ORDER BY id;
 
 -- name: task_claim
@@ -94,6 +100,9 @@ WITH candidates AS (
                FOR UPDATE SKIP LOCKED
            ) c
      WHERE q.name = ANY(%(queues)s::text[]) AND NOT q.paused
+       -- A worker already declared dead claims nothing: the reaper would take it back.
+       AND NOT EXISTS (SELECT 1 FROM angela_queue.workers w
+                        WHERE w.id = %(worker_id)s AND w.status = 'dead')
      ORDER BY effective_priority DESC, c.id
      LIMIT %(limit)s
 )
@@ -194,6 +203,82 @@ WITH due AS (
 SELECT q.queue, pg_notify('angela_queue', q.queue)::text AS notified
   FROM (SELECT DISTINCT queue FROM promoted) q;
 
+-- name: task_reclaim_orphaned
+-- Tasks running under a worker that is dead, or has no row at all, go back to pending (the
+-- attempt they used stays counted) or fail when it was their last. One statement: SKIP
+-- LOCKED hands each row to one reaper only, and the UPDATE re-checks state, owner and
+-- attempt, so a task completed or claimed again meanwhile is never touched (no stale
+-- reclaim, no double reclaim). Requeued tasks are ready at once and their queue is
+-- notified, so idle workers start them without waiting for a poll; PostgreSQL delivers
+-- one notification per queue however many rows call pg_notify in the transaction.
+WITH orphaned AS (
+    SELECT t.id, t.worker_id, t.attempts
+      FROM angela_queue.tasks t
+      LEFT JOIN angela_queue.workers w ON w.id = t.worker_id
+     WHERE t.status = 'running' AND (w.id IS NULL OR w.status = 'dead')
+     ORDER BY t.id
+     LIMIT %(limit)s
+       FOR UPDATE OF t SKIP LOCKED
+), reclaimed AS (
+    UPDATE angela_queue.tasks t
+       SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
+           ready = true,
+           finished_at = CASE WHEN t.attempts >= t.max_attempts
+                              THEN coalesce(%(now)s::timestamptz, now()) END,
+           last_error = format('Reclaimed: worker %%s was lost (no heartbeat) during attempt %%s/%%s',
+                               coalesce(o.worker_id::text, '?'), t.attempts, t.max_attempts)
+      FROM orphaned o
+     WHERE t.id = o.id AND t.status = 'running'
+       AND t.worker_id IS NOT DISTINCT FROM o.worker_id AND t.attempts = o.attempts
+    RETURNING t.id, t.status, t.queue, o.worker_id
+)
+SELECT id, status, queue, worker_id,
+       CASE WHEN status = 'pending' THEN pg_notify('angela_queue', queue)::text END AS notified
+  FROM reclaimed;
+
+-- name: task_reclaim_overdue
+-- Tasks still running %(grace_s)s seconds past their timeout_s, whatever their worker's
+-- heartbeat says: the worker is alive but wedged (a healthy one records the timeout
+-- itself at timeout_s). Same guards and outcome as task_reclaim_orphaned; the wedged
+-- worker's late result is then a no-op, because it no longer owns the attempt.
+WITH overdue AS (
+    SELECT t.id, t.worker_id, t.attempts
+      FROM angela_queue.tasks t
+     WHERE t.status = 'running'
+       AND t.started_at < coalesce(%(now)s::timestamptz, now())
+                          - make_interval(secs => t.timeout_s + %(grace_s)s)
+     ORDER BY t.id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), reclaimed AS (
+    UPDATE angela_queue.tasks t
+       SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'pending' END,
+           ready = true,
+           finished_at = CASE WHEN t.attempts >= t.max_attempts
+                              THEN coalesce(%(now)s::timestamptz, now()) END,
+           last_error = format('Reclaimed: still running on worker %%s past timeout_s=%%s'
+                               ' (wedged) during attempt %%s/%%s',
+                               coalesce(o.worker_id::text, '?'), t.timeout_s, t.attempts,
+                               t.max_attempts)
+      FROM overdue o
+     WHERE t.id = o.id AND t.status = 'running'
+       AND t.worker_id IS NOT DISTINCT FROM o.worker_id AND t.attempts = o.attempts
+    RETURNING t.id, t.status, t.queue, o.worker_id
+)
+SELECT id, status, queue, worker_id,
+       CASE WHEN status = 'pending' THEN pg_notify('angela_queue', queue)::text END AS notified
+  FROM reclaimed;
+
+-- name: task_release_unknown
+-- After a reconnect: tasks running under this worker that it does not know it runs (the
+-- claim committed but its reply was lost with the connection) go back to pending with
+-- that attempt un-counted, since no handler ever started them.
+UPDATE angela_queue.tasks
+   SET status = 'pending', ready = true, attempts = attempts - 1,
+       last_error = 'Released: the reply to its claim was lost with the connection'
+ WHERE status = 'running' AND worker_id = %(worker_id)s AND id <> ALL(%(known_ids)s::bigint[])
+RETURNING id;
+
 -- name: task_reserve_ids
 -- Ids for a bulk COPY, so that enqueue_many can return them without a round trip per row.
 SELECT nextval(pg_get_serial_sequence('angela_queue.tasks', 'id')) AS id
@@ -221,6 +306,17 @@ RETURNING stop_requested;
 UPDATE angela_queue.workers
    SET status = 'dead', heartbeat_at = now(), current_task_id = NULL
  WHERE id = %(id)s;
+
+-- name: worker_mark_dead_stale
+-- Live workers silent for longer than the timeout become dead; the database's clock is
+-- the only one compared, never a worker's. heartbeat_at is kept as the last sign of life.
+-- Safe from many reapers at once: an UPDATE that waited for another's row lock re-checks
+-- the row after that commit, finds it dead, and leaves it alone.
+UPDATE angela_queue.workers
+   SET status = 'dead', current_task_id = NULL
+ WHERE status <> 'dead'
+   AND heartbeat_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(timeout_s)s)
+RETURNING id;
 
 -- name: worker_register
 INSERT INTO angela_queue.workers (hostname, pid, queues, kinds, concurrency, status)

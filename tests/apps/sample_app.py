@@ -103,3 +103,33 @@ def batch(tasks: list[Task]) -> None:
     failed = {t.id: f"task {t.id} is bad" for t in tasks if t.payload.get("fail")}
     if failed:
         raise BatchPartialFailure(failed)
+
+
+@app.task("test.spin")
+def spin(task: Task) -> dict[str, int]:
+    """Pure-Python CPU work that never sleeps: it holds the GIL whenever it may."""
+    deadline = time.monotonic() + float(task.payload.get("seconds", 1.0))
+    x = 0
+    while time.monotonic() < deadline:
+        for i in range(1000):
+            x += i * i
+    _record(task)
+    return {"pid": os.getpid()}
+
+
+@app.task("test.hang_once")
+def hang_once(task: Task) -> dict[str, int]:
+    """Hangs (sleeps ``seconds``) on its first attempt only; later attempts are quick."""
+    if task.attempts == 1:
+        time.sleep(float(task.payload.get("seconds", 30.0)))
+    _record(task)
+    return {"pid": os.getpid(), "attempt": task.attempts}
+
+
+@app.task("test.block_loop_once")
+async def block_loop_once(task: Task) -> dict[str, int]:
+    """A broken async handler: on its first attempt it blocks the event loop."""
+    if task.attempts == 1:
+        time.sleep(float(task.payload.get("seconds", 30.0)))
+    await asyncio.to_thread(_record, task)
+    return {"pid": os.getpid(), "attempt": task.attempts}

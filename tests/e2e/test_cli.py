@@ -281,3 +281,22 @@ def test_bounded_queue_cli_requeue_retry_cancel(dsn):
         cli("queue", "set", "x", "--overflow-policy", "maybe", dsn=dsn),
         "overflow_policy must be drop_low or reject",
     )
+
+def test_status_shows_workers_from_the_worker_stats_view(dsn, conn):
+    conn.execute(
+        "INSERT INTO angela_queue.workers (hostname, pid, queues, status, tasks_completed)"
+        " VALUES ('box-1', 4242, '{default}', 'active', 17)"
+    )
+    result = cli("status", "--json", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    (worker,) = json.loads(result.stdout)["workers"]
+    assert {
+        "hostname": "box-1",
+        "pid": 4242,
+        "status": "active",
+        "tasks_completed": 17,
+    }.items() <= (worker.items())
+    assert {"heartbeat_age_s", "last_active_at", "started_at", "tasks_running"} <= set(worker)
+    table = cli("status", dsn=dsn, env={"COLUMNS": "160"})
+    assert table.returncode == 0, table.stderr
+    assert "worker_stats" in table.stdout and "box-1" in table.stdout
