@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import traceback
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from angela_queue import retry
-from angela_queue.errors import Retry
+from angela_queue.errors import BatchPartialFailure, Retry
 from angela_queue.registry import Handler
 from angela_queue.settings import Settings
 from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
@@ -55,7 +56,7 @@ class TaskRunner:
             if handler.transactional:
                 await self._run_transactional(handler, task)
                 return None
-            result = await self._call(handler, task)
+            result = await self._call(handler, task, task.timeout_s, task.id)
             return Outcome(task.id, task.attempts, True, result=jsonable(result))
         except LostTask:
             log.warning("task %s was reclaimed while running; its writes were rolled back", task.id)
@@ -67,6 +68,36 @@ class TaskRunner:
         except Exception as exc:
             text = "".join(traceback.format_exception(exc))
             return self.failure(task, text[-MAX_ERROR_CHARS:])
+
+    async def run_batch(self, handler: Handler, batch: list[Task]) -> list[Outcome]:
+        """Run a batch handler on ``batch``; one Outcome per task, in order.
+
+        The handler may return a mapping of task id to result, and may raise
+        ``BatchPartialFailure`` to fail the tasks it names while the others succeed; any
+        other exception fails every task, each retrying per its own attempts.
+        """
+        try:
+            timeout_s = max(t.timeout_s for t in batch)
+            result = await self._call(handler, batch, timeout_s, batch[0].id)
+            results = result if isinstance(result, Mapping) else {}
+            return [Outcome(t.id, t.attempts, True, jsonable(results.get(t.id))) for t in batch]
+        except BatchPartialFailure as partial:
+            return [
+                self.failure(t, _error_text(partial.failed[t.id]))
+                if t.id in partial.failed
+                else Outcome(t.id, t.attempts, True, jsonable(partial.results.get(t.id)))
+                for t in batch
+            ]
+        except Retry as asked:
+            return [self.failure(t, f"Retry: {asked.reason}", asked.delay_s) for t in batch]
+        except TimeoutError:
+            return [
+                self.failure(t, f"TimeoutError: batch exceeded timeout_s={timeout_s}")
+                for t in batch
+            ]
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))[-MAX_ERROR_CHARS:]
+            return [self.failure(t, text) for t in batch]
 
     def released(self, task: Task, reason: str) -> Outcome:
         """Back to pending at once, even on its last attempt: a shutdown never fails a task."""
@@ -83,18 +114,19 @@ class TaskRunner:
         )
         return Outcome(task.id, task.attempts, False, error=error, retry_at=retry_at)
 
-    async def _call(self, handler: Handler, task: Task) -> Any:
+    async def _call(self, handler: Handler, arg: Any, timeout_s: int, key: int) -> Any:
+        """Call the handler on ``arg`` (a task, or a batch's list) within ``timeout_s``."""
         if handler.is_async:
-            return await asyncio.wait_for(handler.func(task), timeout=task.timeout_s)
+            return await asyncio.wait_for(handler.func(arg), timeout=timeout_s)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.threads, handler.func, task)
+        future = loop.run_in_executor(self.threads, handler.func, arg)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=task.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
         except TimeoutError:
             # A thread cannot be interrupted: the outcome is recorded now, and the slot stays
             # taken until the thread returns (its late result is fenced off).
             future.add_done_callback(_ignore_result)
-            self.lingering[task.id] = future
+            self.lingering[key] = future
             raise
 
     async def _run_transactional(self, handler: Handler, task: Task) -> None:
@@ -128,6 +160,12 @@ class TaskRunner:
             )
             if task.id not in done:
                 raise LostTask
+
+
+def _error_text(error: BaseException | str) -> str:
+    if isinstance(error, BaseException):
+        return "".join(traceback.format_exception(error))[-MAX_ERROR_CHARS:]
+    return str(error)[-MAX_ERROR_CHARS:]
 
 
 def jsonable(value: Any) -> Any:

@@ -38,6 +38,8 @@ class WorkerCounters:
     completed: int = 0
     failed: int = 0
     processing_ms_sum: float = 0.0
+    batches: int = 0
+    batch_tasks: int = 0
     last_active_at: datetime | None = None
     running: dict[int, tuple[float, int]] = field(default_factory=dict)  # id → start, timeout
     stuck: set[int] = field(default_factory=set)  # tasks whose sync thread outlived its timeout
@@ -62,6 +64,11 @@ class WorkerCounters:
             self.processing_ms_sum += elapsed_ms
             self.last_active_at = datetime.now(UTC)
             return elapsed_ms
+
+    def batch_ran(self, size: int) -> None:
+        with self.lock:
+            self.batches += 1
+            self.batch_tasks += size
 
     def tick(self) -> None:
         """The event loop is alive (called by it every LOOP_TICK_S)."""
@@ -88,8 +95,11 @@ class WorkerCounters:
                 "failed": self.failed,
                 "processing_ms_sum": self.processing_ms_sum,
                 "last_active_at": self.last_active_at,
+                "batches": self.batches,
+                "batch_tasks": self.batch_tasks,
             }
             self.completed, self.failed, self.processing_ms_sum = 0, 0, 0.0
+            self.batches = self.batch_tasks = 0
             return params
 
     def give_back(self, params: dict[str, Any]) -> None:
@@ -97,6 +107,8 @@ class WorkerCounters:
             self.completed += params["completed"]
             self.failed += params["failed"]
             self.processing_ms_sum += params["processing_ms_sum"]
+            self.batches += params["batches"]
+            self.batch_tasks += params["batch_tasks"]
 
 
 class Heartbeater:

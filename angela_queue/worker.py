@@ -28,6 +28,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from angela_queue import errors
+from angela_queue.batching import fill_batch, group_for_batches
 from angela_queue.client import App
 from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
@@ -89,6 +90,8 @@ class Worker:
         self.counters = WorkerCounters()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._batch_wake = asyncio.Event()  # NOTIFY for batches waiting for mates
+        self._conn: psycopg.AsyncConnection[Any] | None = None
         self._running: dict[int, asyncio.Task[None]] = {}
         self._outcomes: list[Outcome] = []
         self._stop_reason = ""
@@ -165,7 +168,7 @@ class Worker:
             await async_pool.open()
         runner = TaskRunner(self.settings, self.worker_id, threads, async_pool, sync_pool)
         listener = (
-            asyncio.create_task(listen(dsn, self.queues, self._wake.set)) if self.listen else None
+            asyncio.create_task(listen(dsn, self.queues, self._notified)) if self.listen else None
         )
         try:
             conn = await self._loop(conn, runner)
@@ -209,6 +212,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 store = AsyncTaskStore(conn)
+                self._conn = conn
                 if self._reconnected:
                     await self._release_unknown(store)
                 await self._flush(store)
@@ -221,8 +225,11 @@ class Worker:
                     claimed = await store.task_claim(
                         self.worker_id or 0, self.queues, self.kinds, free
                     )
-                    for task in claimed:
+                    singles, batches = group_for_batches(claimed, self.app.registry)
+                    for task in singles:
                         self._start(runner, task)
+                    for batch in batches:
+                        self._start_batch(runner, batch)
                 backoff = 0.1
                 if free > 0 and len(claimed) == free:
                     continue  # more may be waiting: claim again at once
@@ -300,6 +307,55 @@ class Worker:
             finally:
                 self._running.pop(task.id, None)
                 self._wake.set()
+
+    def _notified(self) -> None:
+        self._wake.set()
+        self._batch_wake.set()
+
+    def _start_batch(self, runner: TaskRunner, batch: list[Task]) -> None:
+        for task in batch:
+            self.counters.started(task.id, task.timeout_s)
+        self._running[batch[0].id] = asyncio.create_task(
+            self._execute_batch(runner, batch), name=f"batch-{batch[0].id}"
+        )
+
+    async def _execute_batch(self, runner: TaskRunner, batch: list[Task]) -> None:
+        """Fill the batch (batching.fill_batch), run it, record one outcome per task."""
+        handler = self.app.registry.get(batch[0].kind)
+        outcomes: list[Outcome] | None = None
+        try:
+            await fill_batch(
+                batch,
+                handler,
+                self._claim_mates,
+                self._batch_wake,
+                lambda t: self.counters.started(t.id, t.timeout_s),
+            )
+            outcomes = await runner.run_batch(handler, batch)
+        except asyncio.CancelledError:
+            reason = "Released: the worker shut down before the batch finished"
+            outcomes = [runner.released(t, reason) for t in batch]
+            raise
+        finally:
+            if outcomes is None:
+                outcomes = [runner.failure(t, "worker error: the batch never ran") for t in batch]
+            for task, outcome in zip(batch, outcomes, strict=True):
+                self._record(task, outcome)
+            self.counters.batch_ran(len(batch))
+            lingering = runner.lingering.pop(batch[0].id, None)
+            try:
+                if lingering is not None and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    await self._wait_lingering(batch[0], lingering)
+            finally:
+                self._running.pop(batch[0].id, None)
+                self._wake.set()
+
+    async def _claim_mates(self, queue: str, kind: str, batch_key: str, limit: int) -> list[Task]:
+        if self._conn is None:
+            return []
+        return await AsyncTaskStore(self._conn).task_claim_batch(
+            self.worker_id or 0, queue, kind, batch_key, limit
+        )
 
     async def _wait_lingering(self, task: Task, lingering: asyncio.Future[Any]) -> None:
         poke = self._heart.poke if self._heart is not None else (lambda: None)

@@ -84,7 +84,7 @@ def retry_later(task: Task) -> None:
 
 
 CREATE_BATCHES = """CREATE TABLE IF NOT EXISTS test_batches (
-    batch int NOT NULL, task_id bigint NOT NULL, batch_key text NOT NULL, size int NOT NULL,
+    batch bigint NOT NULL, task_id bigint NOT NULL, batch_key text NOT NULL, size int NOT NULL,
     attempt int NOT NULL, at timestamptz DEFAULT now())"""
 
 
@@ -92,12 +92,12 @@ CREATE_BATCHES = """CREATE TABLE IF NOT EXISTS test_batches (
 def batch(tasks: list[Task]) -> None:
     """Records each batch; payload {"fail": true} fails that task alone, {"sleep": s} waits."""
     conn = _conn()
-    number = conn.execute("SELECT coalesce(max(batch), 0) + 1 FROM test_batches").fetchone()
+    number = min(t.id for t in tasks) * 1000 + tasks[0].attempts  # unique per batch run
     for t in tasks:
         conn.execute(
             "INSERT INTO test_batches (batch, task_id, batch_key, size, attempt)"
             " VALUES (%s, %s, %s, %s, %s)",
-            (number[0] if number else 1, t.id, t.batch_key, len(tasks), t.attempts),
+            (number, t.id, t.batch_key, len(tasks), t.attempts),
         )
     time.sleep(max(float(t.payload.get("sleep", 0)) for t in tasks))
     failed = {t.id: f"task {t.id} is bad" for t in tasks if t.payload.get("fail")}

@@ -282,6 +282,7 @@ def test_bounded_queue_cli_requeue_retry_cancel(dsn):
         "overflow_policy must be drop_low or reject",
     )
 
+
 def test_status_shows_workers_from_the_worker_stats_view(dsn, conn):
     conn.execute(
         "INSERT INTO angela_queue.workers (hostname, pid, queues, status, tasks_completed)"
