@@ -7,7 +7,12 @@ import sys
 import typer
 
 from angela_queue import errors
-from angela_queue.cli import core, priority, tasks  # noqa: F401 - they register commands
+from angela_queue.cli import (  # noqa: F401 - they register their commands
+    core,
+    monitor,
+    priority,
+    tasks,
+)
 from angela_queue.cli.common import CliError, app, err
 
 __all__ = ["app", "main"]
