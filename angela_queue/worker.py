@@ -79,7 +79,12 @@ class Worker:
     def request_stop(self, reason: str = "stop requested") -> None:
         """Stop claiming and finish running tasks (thread-safe through the loop)."""
         if not self._stopping.is_set():
-            log.info("worker %s stopping: %s", self.worker_id, reason)
+            log.info(
+                "worker %s stopping: %s",
+                self.worker_id,
+                reason,
+                extra={"event": "worker_stopping", "worker_id": self.worker_id, "reason": reason},
+            )
             self._stop_reason = reason
         self._stopping.set()
         self._wake.set()
@@ -103,6 +108,14 @@ class Worker:
             ",".join(self.kinds),
             self.concurrency,
             self.listen,
+            extra={
+                "event": "worker_started",
+                "worker_id": self.worker_id,
+                "pid": os.getpid(),
+                "queues": list(self.queues),
+                "kinds": list(self.kinds),
+                "concurrency": self.concurrency,
+            },
         )
         loop = asyncio.get_running_loop()
         heart = Heartbeater(
@@ -138,7 +151,11 @@ class Worker:
             if sync_pool is not None:
                 sync_pool.close()
             threads.shutdown(wait=False, cancel_futures=True)
-        log.info("worker %s stopped", self.worker_id)
+        log.info(
+            "worker %s stopped",
+            self.worker_id,
+            extra={"event": "worker_stopped", "worker_id": self.worker_id},
+        )
 
     def _transactional_pools(
         self, dsn: str
@@ -194,6 +211,7 @@ class Worker:
                     "database connection lost (%s); reconnecting in %.1f s",
                     str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
                     backoff,
+                    extra={"event": "db_connection_lost", "worker_id": self.worker_id},
                 )
                 await self._sleep_unless_stopping(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -248,6 +266,7 @@ class Worker:
         self._outcomes.append(outcome)
         self._wake.set()  # the outcome is written at the next turn of the loop
         if not succeeded:
+            error = ((outcome.error or "").strip().splitlines() or [""])[-1]
             log.warning(
                 "task %s (%s) attempt %s/%s failed in %.0f ms%s: %s",
                 task.id,
@@ -256,7 +275,19 @@ class Worker:
                 task.max_attempts,
                 ms,
                 "; will retry" if outcome.retry_at else "; giving up",
-                (outcome.error or "").strip().splitlines()[-1],
+                error,
+                extra={
+                    "event": "task_failed",
+                    "worker_id": self.worker_id,
+                    "task_id": task.id,
+                    "kind": task.kind,
+                    "queue": task.queue,
+                    "attempt": task.attempts,
+                    "max_attempts": task.max_attempts,
+                    "duration_ms": round(ms, 1),
+                    "will_retry": outcome.retry_at is not None,
+                    "error": error,
+                },
             )
 
     async def _flush(self, store: AsyncTaskStore) -> None:
@@ -276,7 +307,15 @@ class Worker:
             self._outcomes = batch + self._outcomes  # written on the next try
             raise
         for lost in {o.task_id for o in batch} - kept:
-            log.warning("late result of task %s ignored: it was reclaimed meanwhile", lost)
+            log.warning(
+                "late result of task %s ignored: it was reclaimed meanwhile",
+                lost,
+                extra={
+                    "event": "late_result_ignored",
+                    "worker_id": self.worker_id,
+                    "task_id": lost,
+                },
+            )
 
     async def _drain(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Graceful stop: let running tasks finish within the grace period, then record."""
