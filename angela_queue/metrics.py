@@ -11,6 +11,7 @@ own tallies.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -216,15 +217,17 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 
 def serve(dsn: str, settings: Settings, *, host: str, port: int) -> None:
-    """Serve /metrics until interrupted (prometheus_client's own HTTP server)."""
+    """Serve /metrics until SIGTERM or Ctrl-C (prometheus_client's own HTTP server)."""
     pool = open_pool(dsn)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry_for(pool, settings))
     except OSError as exc:
         pool.close()
         raise errors.ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop: exit 0
     try:
-        threading.Event().wait()
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:

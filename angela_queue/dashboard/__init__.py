@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
+import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +193,27 @@ def serve(dsn: str, settings: Settings, *, host: str, port: int, token: str | No
     """Run the dashboard with uvicorn until interrupted."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """Stop gracefully on SIGTERM/SIGINT and exit 0 (uvicorn would re-raise them)."""
+
+            def handle(signum: int, frame: object) -> None:
+                self.force_exit = self.should_exit and signum == signal.SIGINT
+                self.should_exit = True
+
+            old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, previous in old.items():
+                    signal.signal(sig, previous)
+
     _check_port_free(host, port)
     pool = metrics.open_pool(dsn)
     app = create_app(pool, settings, token=token, loopback=is_loopback(host))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    Server(config).run()
 
 
 def _check_port_free(host: str, port: int) -> None:
