@@ -188,6 +188,12 @@ def test_worker_json_logs_are_one_object_per_line(dsn):
     assert "boom on attempt 1" in failed["error"] and failed["level"] == "WARNING"
 
 
+def test_monitoring_commands_have_help():
+    for args in (("metrics", "--help"), ("dashboard", "--help"), ("status", "--help")):
+        result = cli(*args)
+        assert result.returncode == 0 and "Usage" in result.stdout, (args, result.stderr)
+
+
 def test_bad_log_format_is_one_line(dsn):
     result = cli("worker", "--app", "tests.apps.sample_app:app", "--log-format", "xml", dsn=dsn)
     assert_one_line_error(result, "--log-format must be text or json")

@@ -150,6 +150,15 @@ async function post(url, what) {
   refresh();
 }
 
+// Tracebacks a user opened stay open across refreshes.
+const openErrors = new Set();
+function errorDetails(id, summary, full) {
+  const node = el("details", { ontoggle: () => (node.open ? openErrors.add(id) : openErrors.delete(id)) },
+    el("summary", {}, summary), el("pre", {}, full));
+  if (openErrors.has(id)) node.open = true;
+  return node;
+}
+
 function failures(rows) {
   table($("failures"), ["id", "<queue", "<kind", "<tier", "attempts", "failed at", "<error", ""],
     rows.map((t) => {
@@ -158,7 +167,7 @@ function failures(rows) {
         el("td", {}, t.id), el("td", { class: "l" }, t.queue), el("td", { class: "l" }, t.kind),
         el("td", { class: "l" }, t.tier), el("td", {}, `${t.attempts}/${t.max_attempts}`),
         el("td", {}, t.finished_at ? new Date(t.finished_at).toLocaleTimeString() : "–"),
-        el("td", { class: "err" }, el("details", {}, el("summary", {}, lines[lines.length - 1]), el("pre", {}, t.last_error || ""))),
+        el("td", { class: "err" }, errorDetails(t.id, lines[lines.length - 1], t.last_error || "")),
         el("td", {}, el("button", { "data-testid": `retry-${t.id}`, onclick: (ev) => { ev.target.disabled = true; post(`/api/tasks/${t.id}/retry`, `retry of task ${t.id}`); } }, "retry")));
     }), "no failed tasks");
 }
