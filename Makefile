@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test/fast lint format typecheck demo bench check clean
+.PHONY: help install test test/fast lint format typecheck demo bench bench/views screenshot check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ demo: install ## the "learning workers" demo on the embedded PostgreSQL (or ANGE
 
 bench: install ## enqueue rate, drain rate and wake-up latency (scripts/bench.py)
 	$(BIN)/python scripts/bench.py
+
+bench/views: install ## monitoring views with 1,000,000 finished tasks (scripts/bench_views.py)
+	$(BIN)/python scripts/bench_views.py
+
+screenshot: install ## regenerate docs/dashboard.png (needs Debian's chromium)
+	$(BIN)/python scripts/dashboard_screenshot.py
 
 check: lint test ## exactly what CI runs
 
