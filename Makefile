@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test/fast lint format typecheck demo bench chaos check clean
+.PHONY: help install test test/fast lint format typecheck demo bench bench/views chaos screenshot check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ bench: install ## enqueue rate, drain rate and wake-up latency (scripts/bench.py
 
 chaos: install ## SIGKILL a random worker every 2 s while 5,000 tasks flow (scripts/chaos.py)
 	$(BIN)/python scripts/chaos.py kill
+
+bench/views: install ## monitoring views with 1,000,000 finished tasks (scripts/bench_views.py)
+	$(BIN)/python scripts/bench_views.py
+
+screenshot: install ## regenerate docs/dashboard.png (needs Debian's chromium)
+	$(BIN)/python scripts/dashboard_screenshot.py
 
 check: lint test ## exactly what CI runs
 

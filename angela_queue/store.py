@@ -247,14 +247,6 @@ class TaskStore:
         assert row is not None
         return row
 
-    def status_queues(self) -> list[dict[str, Any]]:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(Q["status_queues"]).fetchall()
-
-    def status_workers(self) -> list[dict[str, Any]]:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(Q["status_workers"]).fetchall()
-
     def worker_heartbeat(self, params: dict[str, Any]) -> bool | None:
         """Beat; returns stop_requested, or None when the row is gone or dead."""
         with translate_errors():
@@ -333,6 +325,33 @@ class TaskStore:
 
     def decision_recent(self, limit: int = 10) -> list[dict[str, Any]]:
         return self._rows("decision_recent", {"limit": limit})
+
+    # -- monitoring reads (through angela_queue.monitoring) ------------------------------------
+
+    def queue_stats_list(self) -> list[dict[str, Any]]:
+        return self._rows("queue_stats_list", {})
+
+    def worker_stats_list(self, dead_window_s: float) -> list[dict[str, Any]]:
+        return self._rows("worker_stats_list", {"dead_window_s": dead_window_s})
+
+    def task_histogram(
+        self, wait_bounds: Sequence[float], processing_bounds: Sequence[float]
+    ) -> list[dict[str, Any]]:
+        """The last hour's waits and processing times per queue, tier and bucket index."""
+        params = {
+            "wait_bounds": [float(b) for b in wait_bounds],
+            "processing_bounds": [float(b) for b in processing_bounds],
+        }
+        return self._rows("task_histogram", params)
+
+    def task_throughput(self, bucket_s: float, window_s: float) -> list[dict[str, Any]]:
+        return self._rows("task_throughput", {"bucket_s": bucket_s, "window_s": window_s})
+
+    def task_list_failed(self, limit: int) -> list[dict[str, Any]]:
+        return self._rows("task_list_failed", {"limit": limit})
+
+    def task_list_dropped(self, limit: int) -> list[dict[str, Any]]:
+        return self._rows("task_list_dropped", {"limit": limit})
 
     # -- priority administration (rules, variables, tiers) ------------------------------------
 

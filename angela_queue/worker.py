@@ -111,7 +111,12 @@ class Worker:
         ``loop.call_soon_threadsafe``). A non-zero ``exit_code`` also arms a hard exit, so
         that the process leaves even if the graceful part cannot finish."""
         if not self._stopping.is_set():
-            log.info("worker %s stopping: %s", self.worker_id, reason)
+            log.info(
+                "worker %s stopping: %s",
+                self.worker_id,
+                reason,
+                extra={"event": "worker_stopping", "worker_id": self.worker_id, "reason": reason},
+            )
             self._stop_reason = reason
         if exit_code != EXIT_OK and exit_code not in self._exit_codes:
             hard_exit_after(self.settings.shutdown_grace_s + HARD_EXIT_MARGIN_S, exit_code, reason)
@@ -141,6 +146,14 @@ class Worker:
             ",".join(self.kinds),
             self.concurrency,
             self.listen,
+            extra={
+                "event": "worker_started",
+                "worker_id": self.worker_id,
+                "pid": os.getpid(),
+                "queues": list(self.queues),
+                "kinds": list(self.kinds),
+                "concurrency": self.concurrency,
+            },
         )
         loop = asyncio.get_running_loop()
         heart = self._heart = Heartbeater(
@@ -188,7 +201,11 @@ class Worker:
             if sync_pool is not None:
                 sync_pool.close()
             threads.shutdown(wait=False, cancel_futures=True)
-        log.info("worker %s stopped", self.worker_id)
+        log.info(
+            "worker %s stopped",
+            self.worker_id,
+            extra={"event": "worker_stopped", "worker_id": self.worker_id},
+        )
 
     def _transactional_pools(
         self, dsn: str
@@ -250,6 +267,7 @@ class Worker:
                     "database connection lost (%s); reconnecting in %.1f s",
                     str(exc).strip().splitlines()[0] if str(exc).strip() else "?",
                     backoff,
+                    extra={"event": "db_connection_lost", "worker_id": self.worker_id},
                 )
                 await self._sleep_unless_stopping(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -374,6 +392,7 @@ class Worker:
         self._outcomes.append(outcome)
         self._wake.set()  # the outcome is written at the next turn of the loop
         if not succeeded:
+            error = ((outcome.error or "").strip().splitlines() or [""])[-1]
             log.warning(
                 "task %s (%s) attempt %s/%s failed in %.0f ms%s: %s",
                 task.id,
@@ -382,7 +401,19 @@ class Worker:
                 task.max_attempts,
                 ms,
                 "; will retry" if outcome.retry_at else "; giving up",
-                (outcome.error or "").strip().splitlines()[-1],
+                error,
+                extra={
+                    "event": "task_failed",
+                    "worker_id": self.worker_id,
+                    "task_id": task.id,
+                    "kind": task.kind,
+                    "queue": task.queue,
+                    "attempt": task.attempts,
+                    "max_attempts": task.max_attempts,
+                    "duration_ms": round(ms, 1),
+                    "will_retry": outcome.retry_at is not None,
+                    "error": error,
+                },
             )
 
     async def _flush(self, store: AsyncTaskStore) -> None:
@@ -402,7 +433,15 @@ class Worker:
             self._outcomes = batch + self._outcomes  # written on the next try
             raise
         for lost in {o.task_id for o in batch} - kept:
-            log.warning("late result of task %s ignored: it was reclaimed meanwhile", lost)
+            log.warning(
+                "late result of task %s ignored: it was reclaimed meanwhile",
+                lost,
+                extra={
+                    "event": "late_result_ignored",
+                    "worker_id": self.worker_id,
+                    "task_id": lost,
+                },
+            )
 
     async def _drain(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Graceful stop: let running tasks finish within the grace period, then record."""

@@ -62,6 +62,12 @@ SELECT w.id, w.hostname, w.pid, w.queues, w.status,
          WHERE t.status = 'running' AND t.worker_id = w.id) AS tasks_running,
        w.stop_requested
   FROM angela_queue.workers w;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'angela_queue_monitor') THEN
+        GRANT SELECT ON angela_queue.worker_stats TO angela_queue_monitor;
+    END IF;
+END $$;
 ALTER TABLE angela_queue.workers DROP COLUMN IF EXISTS batch_tasks,
                                  DROP COLUMN IF EXISTS batches_run;
 DROP INDEX IF EXISTS angela_queue.tasks_batch_idx;

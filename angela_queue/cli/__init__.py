@@ -10,6 +10,7 @@ from angela_queue import errors
 from angela_queue.cli import (  # noqa: F401 - they register their commands
     core,
     health,
+    monitor,
     priority,
     supervise,
     tasks,

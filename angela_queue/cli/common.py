@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -76,10 +78,38 @@ def check_reachable(dsn: str) -> None:
     connect(dsn, connect_timeout=10).close()
 
 
-def setup_logging(level: str) -> None:
+# The attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message and the event's own fields
+    (``extra={"event": "task_failed", "task_id": 42}``), for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update((k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Logs on stderr: one readable line per event (text), or one JSON object (json)."""
     name = level.upper()
     if name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise CliError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-    logging.basicConfig(
-        level=name, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if log_format not in ("text", "json"):
+        raise CliError(f"--log-format must be text or json, not {log_format!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=name, handlers=[handler])

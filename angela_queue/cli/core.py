@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from angela_queue import embedded
 from angela_queue.cli.common import (
@@ -56,12 +54,15 @@ def worker(
         ),
     ] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="text (one readable line per event) or json (one object).")
+    ] = "text",
     dsn: DsnOption = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT, then finish running tasks and exit 0."""
     from angela_queue.worker import run_worker
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     settings = load_settings(dsn=dsn)
     application = load_app(app_spec, settings)
     code = run_worker(
@@ -109,105 +110,19 @@ def enqueue(
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    watch: Annotated[float | None, typer.Option(help="Refresh every N seconds.")] = None,
+    watch: Annotated[
+        float | None, typer.Option(min=0.1, help="Refresh in place every N seconds.")
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also the queue × tier rows with nothing to show.")
+    ] = False,
     dsn: DsnOption = None,
 ) -> None:
-    """Queues × tiers and workers at a glance."""
-    target = resolve_dsn(load_settings(dsn=dsn))
-    with connect(target, autocommit=True) as conn:
-        store = TaskStore(conn)
-        while True:
-            data = {
-                "queues": store.status_queues(),
-                "slo": store.tier_slo_list(),
-                "workers": store.status_workers(),
-                "decisions": store.decision_recent(5),
-            }
-            if as_json:
-                out.print_json(json.dumps(data, default=str))
-            else:
-                if watch:
-                    out.clear()
-                _print_status(data)
-            if not watch:
-                return
-            time.sleep(watch)
+    """Queues × tiers and workers at a glance (the queue_stats and worker_stats views)."""
+    from angela_queue.cli.monitor import show_status
 
-
-def _print_status(data: dict[str, Any]) -> None:
-    live = {(r["queue"], r["tier"]): r for r in data["queues"]}
-    queues = Table(title="queues × tiers (waits in seconds)")
-    columns = (
-        "queue",
-        "tier",
-        "pending",
-        "running",
-        "oldest wait",
-        "target",
-        "past target",
-        "met 1h",
-        "done 1h",
-        "failed 1h",
-    )
-    for col in columns:
-        queues.add_column(col, justify="left" if col in ("queue", "tier") else "right")
-    for slo in data["slo"]:
-        r = live.get((slo["queue"], slo["tier"]), {})
-        counts = (
-            slo["pending"],
-            r.get("running", 0),
-            slo["started_1h"],
-            r.get("succeeded_1h", 0),
-            r.get("failed_1h", 0),
-        )
-        if not any(counts):
-            continue
-        wait = "-" if slo["oldest_wait_s"] is None else f"{slo['oldest_wait_s']:.1f}"
-        met = "-" if slo["met_ratio_1h"] is None else f"{100 * slo['met_ratio_1h']:.0f}%"
-        queues.add_row(
-            slo["queue"],
-            slo["tier"],
-            str(slo["pending"]),
-            str(counts[1]),
-            wait,
-            f"{slo['target_wait_s']:g}",
-            str(slo["pending_past_target"]),
-            met,
-            str(counts[3]),
-            str(counts[4]),
-        )
-    out.print(queues)
-    workers = Table(title="workers (view worker_stats)")
-    worker_columns = ("id", "host", "pid", "status", "heartbeat s", "done", "failed", "avg ms")
-    for col in (*worker_columns, "running", "task", "last active"):
-        workers.add_column(col)
-    for w in data["workers"]:
-        avg = "-" if w["avg_processing_ms"] is None else f"{w['avg_processing_ms']:.1f}"
-        active = w["last_active_at"]
-        workers.add_row(
-            str(w["id"]),
-            w["hostname"],
-            str(w["pid"]),
-            w["status"],
-            f"{float(w['heartbeat_age_s']):.1f}",
-            str(w["tasks_completed"]),
-            str(w["tasks_failed"]),
-            avg,
-            str(w["tasks_running"]),
-            str(w["current_task_id"] or "-"),
-            "-" if active is None else active.strftime("%H:%M:%S"),
-        )
-    out.print(workers)
-    if data["decisions"]:
-        out.print("recent supervisor decisions:")
-        for d in data["decisions"]:
-            out.print(
-                f"  {d['at']:%Y-%m-%d %H:%M:%S} {d['hostname']}: pending={d['pending']} "
-                f"workers={d['workers']} target={d['target']} {d['action']} "
-                f"({d['reason']})",
-                markup=False,
-                highlight=False,
-            )
+    settings = load_settings(dsn=dsn)
+    show_status(settings, resolve_dsn(settings), as_json=as_json, watch=watch, show_all=show_all)
 
 
 @queue_app.command("set")

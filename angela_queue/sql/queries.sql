@@ -45,40 +45,6 @@ ON CONFLICT (name) DO UPDATE
        updated_at = now()
 RETURNING name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits;
 
--- name: status_queues
--- Per queue and tier: live counts, oldest wait, and the last hour's outcomes (the last hour
--- comes through tasks_finished_at_idx, never a scan of all finished rows).
-WITH live AS (
-    SELECT queue, tier,
-           count(*) FILTER (WHERE status = 'pending') AS pending,
-           count(*) FILTER (WHERE status = 'running') AS running,
-           max(extract(epoch FROM now() - aging_from)) FILTER (WHERE status = 'pending' AND ready)
-               AS oldest_wait_s
-      FROM angela_queue.tasks
-     WHERE status IN ('pending', 'running')
-     GROUP BY queue, tier
-), recent AS (
-    SELECT queue, tier,
-           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE status = 'failed') AS failed
-      FROM angela_queue.tasks
-     WHERE finished_at > now() - interval '1 hour'
-     GROUP BY queue, tier
-)
-SELECT coalesce(l.queue, r.queue) AS queue, coalesce(l.tier, r.tier) AS tier,
-       coalesce(l.pending, 0) AS pending, coalesce(l.running, 0) AS running,
-       l.oldest_wait_s, coalesce(r.succeeded, 0) AS succeeded_1h, coalesce(r.failed, 0) AS failed_1h
-  FROM live l FULL JOIN recent r ON r.queue = l.queue AND r.tier = l.tier
- ORDER BY 1, array_position(ARRAY['critical', 'high', 'medium', 'low'], coalesce(l.tier, r.tier));
-
--- name: status_workers
--- Live workers, and the dead ones of the last hour, from the worker_stats view.
-SELECT id, hostname, pid, queues, status, heartbeat_age_s, tasks_completed, tasks_failed,
-       avg_processing_ms, current_task_id, last_active_at, started_at, tasks_running
-  FROM angela_queue.worker_stats
- WHERE status <> 'dead' OR heartbeat_age_s < 3600
- ORDER BY id;
-
 -- name: task_claim
 -- Claim up to %(limit)s due tasks in effective-priority order. Each (queue, kind) pair is
 -- read by an index scan of tasks_claim_idx, which returns rows already in sort_key order, so
@@ -470,3 +436,81 @@ UPDATE angela_queue.tasks t
 RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
           t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
           t.dedupe_key, t.timeout_s, m.effective_priority, t.worker_id;
+
+-- Monitoring reads (angela_queue/monitoring.py): the views, plus the few task lists the
+-- dashboard and the metrics need. Each reads live rows through a partial index, or the last
+-- hour through an index on a time column, never every finished row.
+
+-- name: queue_stats_list
+SELECT queue, tier, target_wait_s, pending, scheduled, running, oldest_pending_age_s,
+       pending_past_target, done_1h, failed_1h, dropped_1h, cancelled_1h, started_1h,
+       wait_p50_s, wait_p95_s, processing_p50_s, processing_p95_s, slo_breaches_1h, dropped,
+       retrying, retried_1h, reclaimed
+  FROM angela_queue.queue_stats;
+
+-- name: worker_stats_list
+-- Live workers, and dead ones heard from within the window (dead rows stay as history).
+SELECT id, hostname, pid, queues, status, heartbeat_age_s, tasks_completed,
+       tasks_failed, avg_processing_ms, current_task_id, last_active_at, started_at,
+       tasks_running, avg_batch_size
+  FROM angela_queue.worker_stats
+ WHERE status <> 'dead' OR heartbeat_age_s < %(dead_window_s)s
+ ORDER BY id;
+
+-- name: task_histogram
+-- The last hour's waits (first start − aging_from, as in queue_stats) and processing times
+-- (finished − last start) per queue, tier and bucket. A bucket is the number of bounds
+-- strictly below the value, so a value equal to a bound counts in that bound's bucket
+-- (Prometheus `le`): width_bucket on the negated, reversed bounds counts the bounds >= it.
+WITH b AS (
+    SELECT %(wait_bounds)s::float8[] AS wb,
+           (SELECT array_agg(-x ORDER BY x DESC) FROM unnest(%(wait_bounds)s::float8[]) x) AS wneg,
+           %(processing_bounds)s::float8[] AS pb,
+           (SELECT array_agg(-x ORDER BY x DESC)
+              FROM unnest(%(processing_bounds)s::float8[]) x) AS pneg
+), samples AS (
+    SELECT t.queue, t.tier, 'wait' AS metric,
+           extract(epoch FROM t.first_started_at - t.aging_from)::float8 AS value
+      FROM angela_queue.tasks t
+     WHERE t.first_started_at > now() - interval '1 hour'
+    UNION ALL
+    SELECT t.queue, t.tier, 'processing',
+           extract(epoch FROM t.finished_at - t.started_at)::float8
+      FROM angela_queue.tasks t
+     WHERE t.finished_at > now() - interval '1 hour' AND t.status IN ('succeeded', 'failed')
+)
+SELECT s.queue, s.tier, s.metric,
+       CASE WHEN s.metric = 'wait' THEN cardinality(b.wb) - width_bucket(-s.value, b.wneg)
+            ELSE cardinality(b.pb) - width_bucket(-s.value, b.pneg) END AS bucket,
+       count(*) AS n, sum(s.value) AS total
+  FROM samples s CROSS JOIN b
+ GROUP BY 1, 2, 3, 4
+ ORDER BY 1, 2, 3, 4;
+
+-- name: task_throughput
+-- Finished tasks per time bucket over a recent window (the dashboard's chart).
+SELECT date_bin(make_interval(secs => %(bucket_s)s), finished_at,
+                timestamptz '2000-01-01 00:00+00') AS at,
+       count(*) FILTER (WHERE status = 'succeeded') AS done,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'dropped') AS dropped
+  FROM angela_queue.tasks
+ WHERE finished_at > now() - make_interval(secs => %(window_s)s)
+ GROUP BY 1
+ ORDER BY 1;
+
+-- name: task_list_failed
+-- The most recent failures, newest first, through tasks_failed_idx.
+SELECT id, queue, kind, tier, attempts, max_attempts, finished_at, last_error
+  FROM angela_queue.tasks
+ WHERE status = 'failed'
+ ORDER BY finished_at DESC, id DESC
+ LIMIT %(limit)s;
+
+-- name: task_list_dropped
+-- The dropped tasks a requeue would take first (best first), through tasks_dropped_idx.
+SELECT id, queue, kind, tier, priority, enqueued_at, last_error
+  FROM angela_queue.tasks
+ WHERE status = 'dropped'
+ ORDER BY queue, sort_key, id
+ LIMIT %(limit)s;

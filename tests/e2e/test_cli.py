@@ -300,4 +300,4 @@ def test_status_shows_workers_from_the_worker_stats_view(dsn, conn):
     assert {"heartbeat_age_s", "last_active_at", "started_at", "tasks_running"} <= set(worker)
     table = cli("status", dsn=dsn, env={"COLUMNS": "160"})
     assert table.returncode == 0, table.stderr
-    assert "worker_stats" in table.stdout and "box-1" in table.stdout
+    assert "workers" in table.stdout and "box-1" in table.stdout

@@ -38,6 +38,9 @@ def test_wheel_ships_the_migrations_and_migrates_from_elsewhere(tmp_path: Path, 
     names = zipfile.ZipFile(wheel).namelist()
     assert "angela_queue/_alembic/env.py" in names
     assert any(n.startswith("angela_queue/_alembic/versions/0001_") for n in names)
+    # The dashboard works offline: its page, script and styles ship in the package.
+    for asset in ("index.html", "app.js", "style.css"):
+        assert f"angela_queue/dashboard/static/{asset}" in names
 
     target = tmp_path / "site"
     subprocess.run(
