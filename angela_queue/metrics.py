@@ -188,11 +188,7 @@ def worker_families(snap: monitoring.Snapshot) -> Iterator[Metric]:
         "worker_heartbeat_age_seconds",
         "Seconds since each live worker's last heartbeat.",
         labels,
-        [
-            ([str(w.id), w.hostname], w.heartbeat_age_s)
-            for w in snap.workers
-            if w.status != "dead"
-        ],
+        [([str(w.id), w.hostname], w.heartbeat_age_s) for w in snap.workers if w.status != "dead"],
     )
     tasks = CounterMetricFamily(
         f"{PREFIX}_worker_tasks",

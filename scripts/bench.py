@@ -1,18 +1,31 @@
-"""angela-queue's own benchmark of the hot path: enqueue, claim, complete (`make bench`).
+"""angela-queue's benchmark, side by side with its peers on the same server (`make bench`).
 
-Four scenarios, each on a fresh database that is created, migrated, measured and dropped:
+Systems (scripts/bench_peers.py): angela-queue, PGQueuer with its asyncpg and its psycopg
+driver, Procrastinate, and a plain-SQL reference loop (PostgreSQL's own ceiling here).
+Each has its own tables in its own fresh database, is used through its own public API and
+is worked by its own CLI's worker processes with a no-op handler. Peers not installed
+(``pip install -e '.[dev,bench]'``) are skipped with a note.
 
-- ``enqueue``        bulk ``App.enqueue_many`` (COPY) and single-row ``App.enqueue`` rates;
-- ``drain``          real ``angela-queue worker`` processes draining no-op tasks;
-- ``latency``        enqueue → start of one idle worker that only NOTIFY can wake;
-- ``sql_reference``  PostgreSQL's own ceiling on this machine: COPY into a bare table and a
-                     ``DELETE … FOR UPDATE SKIP LOCKED LIMIT 100`` loop, without our schema.
+Scenarios, every system unless noted:
 
-The defaults are a quick run (well under two minutes on two cores); the issue's official
-numbers use ``--repeat 3`` and report medians. Without ``--dsn`` (or ANGELA_QUEUE_DSN) a
-throwaway embedded server is started with default durability and deleted at the end.
-Every wait has a timeout; on any failure, timeout, Ctrl-C or SIGTERM the worker processes
-are killed, the databases dropped, and one line on stderr says what went wrong.
+- ``enqueue``      bulk enqueue rate (chunks through each system's bulk API; COPY for the
+                   reference) and single-task enqueue rate (one commit each);
+- ``drain``        N pre-enqueued no-op tasks drained by the system's worker processes,
+                   timed from the first task a handler sees until none is left;
+- ``latency``      enqueue → handler start of one idle worker at ~50 tasks/s;
+- ``idle``         one idle worker per system at once, after it ran some tasks: its RSS
+                   and the transactions per second it costs its database;
+- ``bound``        angela-queue only: what a bounded queue costs an INSERT;
+- ``drain_scale``  angela-queue only, not in the default run (``--only drain_scale`` or
+                   ``--full``): drain rate with few pending vs many pending plus millions
+                   of finished rows.
+
+``--quick`` is the CI smoke test (small sizes, all systems, under two minutes), the default
+is ``make bench``, ``--full`` uses the issue's sizes with three runs (medians). Without
+``--dsn`` (or ANGELA_QUEUE_DSN) a throwaway embedded server is started and deleted at the
+end. Results go to ``.bench/results/`` (``--out DIR`` elsewhere) as JSON and Markdown.
+Every wait has a timeout; on any failure, timeout, Ctrl-C or SIGTERM every worker process
+is killed, every database dropped, and one line on stderr says what went wrong.
 """
 
 from __future__ import annotations
@@ -31,29 +44,50 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import psutil
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.types.json import Jsonb
 from rich.console import Console
 from rich.table import Table
 
 from angela_queue import App, Settings, migrate
 from angela_queue.settings import redact_dsn
+from angela_queue.store import NOTIFY_CHANNEL
+from scripts.bench_peers import (
+    REFERENCE_KEY,
+    SYSTEM_KEYS,
+    AngelaQueue,
+    Producer,
+    System,
+    Tuning,
+    WorkerSpec,
+    by_key,
+    first_starts,
+    latency_lines,
+    opened,
+)
+from scripts.bench_probe import PROBE_DIR_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("enqueue", "bound", "drain", "latency", "sql_reference")
-# The kinds registered in scripts/bench_app.py (not imported here: see its docstring).
-HANDLER_KINDS = {"async": "bench.noop", "sync": "bench.noop_sync"}
-WORKER_APP = "scripts.bench_app:app"
+PER_SYSTEM = ("enqueue", "drain", "latency")
+SCENARIOS = ("enqueue", "drain", "latency", "idle", "bound", "drain_scale")
+DEFAULT_SCENARIOS = ("enqueue", "drain", "latency", "idle", "bound")
+AQ_ONLY = ("bound", "drain_scale")
 POLL_S = 0.05  # how often a wait looks at the database
-LATENCY_POLL_IDLE_S = "30"  # the latency worker's safety-net poll: only NOTIFY can wake it
+DRAIN_POLL_S = 0.02  # a drain's end is looked for more often: it sets the timing's grain
+# PostgreSQL 15+ backends flush their statistics at most once a second while busy and at
+# the latest 10 s after going idle: the idle window starts only after that has happened.
+IDLE_SETTLE_S = 11.0
+LATENCY_WARMUP_EVERY_S = 0.25
+DEFAULT_OUT = ROOT / ".bench" / "results"
 
 T = TypeVar("T")
 
@@ -63,25 +97,59 @@ class BenchError(Exception):
 
 
 @dataclass(frozen=True)
+class Sizes:
+    """One preset of sizes; each can be overridden on the command line."""
+
+    enqueue_tasks: int
+    single_tasks: int
+    drain_tasks: int
+    latency_tasks: int
+    idle_window_s: float
+    idle_warmup: int
+    bound_tasks: int
+    scale_small: int
+    scale_large: int
+    scale_finished: int
+    repeat: int
+    timeout_s: float
+
+
+PRESETS: dict[str, Sizes] = {
+    "quick": Sizes(5_000, 300, 5_000, 100, 5.0, 50, 500, 1_000, 20_000, 50_000, 1, 120.0),
+    "default": Sizes(
+        20_000, 1_000, 20_000, 300, 10.0, 200, 3_000, 1_000, 200_000, 1_000_000, 1, 300.0
+    ),
+    "full": Sizes(
+        50_000, 2_000, 50_000, 1_000, 30.0, 200, 3_000, 1_000, 1_000_000, 5_000_000, 3, 600.0
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Config:
     """The parsed command line."""
 
+    mode: str
     dsn: str | None
     fast_durability: bool
     only: tuple[str, ...]
+    systems: tuple[str, ...]
     repeat: int
+    out_dir: Path
     json_path: Path | None
     enqueue_tasks: int
     chunk: int
     single_tasks: int
     drain_tasks: int
-    workers: int
-    concurrency: int
-    handler: str
     latency_tasks: int
     latency_rate: float
+    idle_window_s: float
+    idle_warmup: int
     bound_tasks: int
-    reference_rows: int
+    scale_small: int
+    scale_large: int
+    scale_finished: int
+    tuning: Tuning
     timeout_s: float
 
 
@@ -97,12 +165,13 @@ class Sample:
 
 @dataclass
 class Metric:
-    """Every run's value of one metric; the median is what the report shows."""
+    """Every run's value of one metric of one system; the report shows the median."""
 
     scenario: str
     key: str
     label: str
     unit: str
+    system: str
     runs: list[float] = field(default_factory=list)
 
     @property
@@ -114,7 +183,7 @@ class Metric:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = int(text.replace("_", "").replace(",", ""))
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -127,10 +196,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _names(items: list[str] | None) -> list[str]:
+    return [n.strip() for item in items or [] for n in item.split(",") if n.strip()]
+
+
 def parse_args(argv: Sequence[str] | None) -> Config:
     p = argparse.ArgumentParser(
         prog="scripts/bench.py",
-        description="Benchmark angela-queue's hot path: enqueue, claim, complete.",
+        description="Benchmark angela-queue side by side with PGQueuer, Procrastinate and "
+        "plain SQL: enqueue, drain, latency, idle cost.",
+    )
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument(
+        "--quick", action="store_true", help="small sizes, all systems: the CI smoke test"
+    )
+    preset.add_argument(
+        "--full",
+        action="store_true",
+        help="the issue's sizes, 3 runs (medians), drain_scale included",
     )
     p.add_argument(
         "--dsn",
@@ -146,70 +229,110 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--only",
         action="append",
         metavar="NAME",
-        help=f"run only this scenario (repeatable or comma-separated): {', '.join(SCENARIOS)}",
+        help=f"run only these scenarios (repeatable or comma-separated): {', '.join(SCENARIOS)}",
     )
-    p.add_argument("--repeat", type=_positive_int, default=1, help="runs per scenario (median)")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
-    g = p.add_argument_group("sizes")
-    g.add_argument("--enqueue-tasks", type=_positive_int, default=20_000, help="bulk enqueue")
-    g.add_argument("--chunk", type=_positive_int, default=5_000, help="tasks per enqueue_many")
-    g.add_argument("--single-tasks", type=_positive_int, default=2_000, help="single enqueue")
-    g.add_argument("--drain-tasks", type=_positive_int, default=20_000, help="tasks to drain")
-    g.add_argument("--workers", type=_positive_int, default=2, help="worker processes (drain)")
-    g.add_argument("--concurrency", type=_positive_int, default=32, help="tasks at once per worker")
+    p.add_argument(
+        "--systems",
+        action="append",
+        metavar="NAME",
+        help=f"measure only these systems (angela-queue is always kept): {', '.join(SYSTEM_KEYS)}",
+    )
+    p.add_argument("--repeat", type=_positive_int, help="runs per scenario (median)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help=f"where the JSON and Markdown results go (default: {DEFAULT_OUT.relative_to(ROOT)})",
+    )
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here")
+    g = p.add_argument_group("sizes (default: the preset's)")
+    g.add_argument("--enqueue-tasks", type=_positive_int, help="bulk enqueue")
+    g.add_argument("--chunk", type=_positive_int, default=5_000, help="tasks per bulk call")
+    g.add_argument("--single-tasks", type=_positive_int, help="single enqueue")
+    g.add_argument("--drain-tasks", type=_positive_int, help="tasks to drain")
+    g.add_argument("--latency-tasks", type=_positive_int, help="tasks (latency)")
     g.add_argument(
-        "--handler",
-        choices=sorted(HANDLER_KINDS),
-        default="async",
-        help="no-op handler the workers run (async: on the loop; sync: in the thread pool)",
+        "--latency-rate", type=_positive_float, default=50.0, help="tasks sent per second"
     )
-    g.add_argument("--latency-tasks", type=_positive_int, default=300, help="tasks (latency)")
-    g.add_argument(
-        "--bound-tasks", type=_positive_int, default=3_000, help="inserts per queue (bound)"
-    )
-    g.add_argument(
-        "--latency-rate", type=_positive_float, default=50.0, help="tasks inserted per second"
-    )
-    g.add_argument(
-        "--reference-rows", type=_positive_int, default=20_000, help="rows (sql_reference)"
-    )
+    g.add_argument("--idle-window", type=_positive_float, help="seconds the idle load is read")
+    g.add_argument("--idle-warmup", type=_positive_int, help="tasks an idle worker runs first")
+    g.add_argument("--bound-tasks", type=_positive_int, help="inserts per queue (bound)")
+    g.add_argument("--scale-small", type=_positive_int, help="drain_scale: tasks drained")
+    g.add_argument("--scale-large", type=_positive_int, help="drain_scale: big backlog")
+    g.add_argument("--scale-finished", type=_positive_int, help="drain_scale: finished rows")
     g.add_argument(
         "--timeout",
         type=_positive_float,
-        default=120.0,
         help="seconds any single wait or loop may take before the run fails",
     )
+    t = p.add_argument_group("worker settings (the same in every scenario)")
+    t.add_argument(
+        "--workers", type=_positive_int, default=2, help="drain processes (not plain SQL: 1)"
+    )
+    t.add_argument(
+        "--concurrency", type=_positive_int, default=32, help="angela-queue tasks at once"
+    )
+    t.add_argument("--pgq-batch-size", type=_positive_int, default=100, help="PGQueuer batch")
+    t.add_argument(
+        "--procrastinate-concurrency",
+        type=_positive_int,
+        default=20,
+        help="Procrastinate jobs at once per worker",
+    )
+    t.add_argument("--sql-batch", type=_positive_int, default=100, help="plain SQL rows/claim")
     a = p.parse_args(argv)
 
-    only: list[str] = []
-    for item in a.only or []:
-        only.extend(name.strip() for name in item.split(",") if name.strip())
+    mode = "quick" if a.quick else "full" if a.full else "default"
+    sizes = PRESETS[mode]
+    only = _names(a.only)
     unknown = [name for name in only if name not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
+    default_only = DEFAULT_SCENARIOS + (("drain_scale",) if mode == "full" else ())
+    systems = _names(a.systems)
+    bad = [name for name in systems if name not in SYSTEM_KEYS]
+    if bad:
+        p.error(f"unknown system {bad[0]!r} (choose from {', '.join(SYSTEM_KEYS)})")
     if a.concurrency > 1000:
         p.error("--concurrency must be at most 1000")
     dsn = a.dsn or os.environ.get("ANGELA_QUEUE_DSN") or None
     if dsn and a.fast_durability:
         p.error("--fast-durability only applies to the embedded server (it runs ALTER SYSTEM)")
+
+    def pick(value: T | None, default: T) -> T:
+        return default if value is None else value
+
     return Config(
+        mode=mode,
         dsn=dsn,
         fast_durability=a.fast_durability,
-        only=tuple(name for name in SCENARIOS if name in only) if only else SCENARIOS,
-        repeat=a.repeat,
+        only=tuple(s for s in SCENARIOS if s in only) if only else default_only,
+        systems=tuple(k for k in SYSTEM_KEYS if k in systems or k == REFERENCE_KEY)
+        if systems
+        else SYSTEM_KEYS,
+        repeat=pick(a.repeat, sizes.repeat),
+        out_dir=a.out or DEFAULT_OUT,
         json_path=a.json,
-        enqueue_tasks=a.enqueue_tasks,
+        enqueue_tasks=pick(a.enqueue_tasks, sizes.enqueue_tasks),
         chunk=a.chunk,
-        single_tasks=a.single_tasks,
-        drain_tasks=a.drain_tasks,
-        workers=a.workers,
-        concurrency=a.concurrency,
-        handler=a.handler,
-        latency_tasks=a.latency_tasks,
+        single_tasks=pick(a.single_tasks, sizes.single_tasks),
+        drain_tasks=pick(a.drain_tasks, sizes.drain_tasks),
+        latency_tasks=pick(a.latency_tasks, sizes.latency_tasks),
         latency_rate=a.latency_rate,
-        bound_tasks=a.bound_tasks,
-        reference_rows=a.reference_rows,
-        timeout_s=a.timeout,
+        idle_window_s=pick(a.idle_window, sizes.idle_window_s),
+        idle_warmup=pick(a.idle_warmup, sizes.idle_warmup),
+        bound_tasks=pick(a.bound_tasks, sizes.bound_tasks),
+        scale_small=pick(a.scale_small, sizes.scale_small),
+        scale_large=pick(a.scale_large, sizes.scale_large),
+        scale_finished=pick(a.scale_finished, sizes.scale_finished),
+        tuning=Tuning(
+            drain_processes=a.workers,
+            aq_concurrency=a.concurrency,
+            pgq_batch_size=a.pgq_batch_size,
+            procrastinate_concurrency=a.procrastinate_concurrency,
+            sql_batch=a.sql_batch,
+        ),
+        timeout_s=pick(a.timeout, sizes.timeout_s),
     )
 
 
@@ -248,8 +371,9 @@ def wait_until(
     check: Callable[[], T | None],
     timeout_s: float,
     on_tick: Callable[[], None] | None = None,
+    poll_s: float = POLL_S,
 ) -> T:
-    """Poll ``check`` every POLL_S until it returns a value; BenchError after ``timeout_s``."""
+    """Poll ``check`` every ``poll_s`` until it returns a value; BenchError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         if on_tick is not None:
@@ -259,7 +383,7 @@ def wait_until(
             return value
         if time.monotonic() >= deadline:
             raise BenchError(f"timed out after {timeout_s:g} s waiting for {what()}")
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -271,6 +395,31 @@ def percentile(values: Sequence[float], q: float) -> float:
 def check_elapsed(started: float, timeout_s: float, what: str) -> None:
     if time.perf_counter() - started > timeout_s:
         raise BenchError(f"{what} took longer than {timeout_s:g} s")
+
+
+def scalar(conn: psycopg.Connection[Any], query: str | sql.Composed, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise BenchError(f"no row from: {query!r:.80}")
+    return row[0]
+
+
+def table_name(name: str) -> sql.Identifier:
+    """``schema.table`` or ``table`` as a quoted identifier."""
+    return sql.Identifier(*name.split("."))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, in MB (10^6 bytes)."""
+    try:
+        proc = psutil.Process(pid)
+        total = int(proc.memory_info().rss)
+        for child in proc.children(recursive=True):
+            with suppress(psutil.Error):
+                total += int(child.memory_info().rss)
+    except psutil.Error as exc:
+        raise BenchError(f"cannot read the memory of pid {pid}: {exc}") from exc
+    return total / 1e6
 
 
 @dataclass(frozen=True)
@@ -301,14 +450,16 @@ def server(cfg: Config) -> Iterator[Server]:
 
 
 @contextmanager
-def fresh_database(admin_dsn: str, scenario: str) -> Iterator[str]:
-    """A new database, migrated to head; dropped afterwards whatever happened."""
-    name = f"aq_bench_{scenario}_{uuid.uuid4().hex[:8]}"
+def fresh_database(
+    admin_dsn: str, tag: str, setup: Callable[[str], None] = migrate.upgrade
+) -> Iterator[str]:
+    """A new database with a system's tables (default: angela-queue's); always dropped."""
+    name = f"aq_bench_{tag.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
     with connect(admin_dsn) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         dsn = make_conninfo(admin_dsn, dbname=name)
-        migrate.upgrade(dsn)
+        setup(dsn)
         yield dsn
     finally:
         with no_interrupts():
@@ -333,20 +484,23 @@ def last_log_line(path: Path) -> str:
     return lines[-1].strip() if lines else "(empty log)"
 
 
+# Settings inherited from the environment would make runs incomparable: only ours count.
+_FOREIGN_ENV = ("ANGELA_QUEUE_", "PGQUEUER_", "PROCRASTINATE_", "BENCH_")
+
+
 class WorkerGroup:
-    """Real ``angela-queue worker`` processes; whatever still runs on exit is killed.
+    """Worker processes of any system; whatever still runs on exit is killed.
 
     Their output goes to log files (a pipe nobody reads could block them).
     """
 
-    def __init__(self, dsn: str, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
-        # Inherited ANGELA_QUEUE_* settings would make runs incomparable: only ours count.
+    def __init__(self, log_dir: Path) -> None:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("ANGELA_QUEUE_") and k != "DATABASE_URL"
+            if not k.startswith(_FOREIGN_ENV) and k != "DATABASE_URL"
         }
-        env.update({"ANGELA_QUEUE_DSN": dsn, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+        env["PYTHONUNBUFFERED"] = "1"
         self.env = env
         self.log_dir = log_dir
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -363,21 +517,27 @@ class WorkerGroup:
         with no_interrupts():
             self.kill()
 
-    def start(self, count: int, concurrency: int) -> None:
-        command = [sys.executable, "-m", "angela_queue.cli", "worker"]
-        command += ["--app", WORKER_APP, "--concurrency", str(concurrency)]
+    def spawn(
+        self, spec: WorkerSpec, count: int = 1, probe_dir: Path | None = None
+    ) -> list[subprocess.Popen[bytes]]:
+        env = {**self.env, **spec.env}
+        if probe_dir is not None:
+            env[PROBE_DIR_ENV] = str(probe_dir)
+        started: list[subprocess.Popen[bytes]] = []
         for _ in range(count):
             log_path = self.log_dir / f"worker-{uuid.uuid4().hex[:8]}.log"
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
-                    command,
+                    spec.argv,
                     cwd=ROOT,
-                    env=self.env,
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
             self.procs.append((proc, log_path))
+            started.append(proc)
+        return started
 
     def check_alive(self) -> None:
         for proc, log in self.procs:
@@ -415,221 +575,258 @@ class WorkerGroup:
                 proc.wait(timeout=5)
 
 
-# -- scenarios ------------------------------------------------------------------------------
+def probe_dir(log_dir: Path, tag: str) -> Path:
+    return Path(tempfile.mkdtemp(dir=log_dir, prefix=f"probe-{tag}-"))
 
 
-def bench_app(dsn: str, cfg: Config) -> App:
-    """An App for the producer side, from explicit settings (no environment, no config file)."""
-    return App(Settings(dsn=with_timeouts(dsn, cfg.timeout_s)))
+def analyze(conn: psycopg.Connection[Any], system: System) -> None:
+    """Fresh statistics, so that a result does not depend on when autovacuum gets there."""
+    for table in system.tables:
+        conn.execute(sql.SQL("ANALYZE {}").format(table_name(table)))
 
 
-def enqueue_chunks(app: App, kind: str, total: int, chunk: int, timeout_s: float) -> None:
-    items = [{"kind": kind, "payload": {"n": i}} for i in range(total)]
+# -- scenarios: every system ----------------------------------------------------------------
+
+
+def enqueue_bulk(prod: Producer, total: int, chunk: int, timeout_s: float, start: int = 0) -> None:
     started = time.perf_counter()
-    for start in range(0, total, chunk):
-        app.enqueue_many(items[start : start + chunk])
-        check_elapsed(started, timeout_s, "enqueue_many")
+    for first in range(start, start + total, chunk):
+        prod.bulk(first, min(chunk, start + total - first))
+        check_elapsed(started, timeout_s, "the bulk enqueue")
 
 
-def scenario_enqueue(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]:
-    """Producer throughput: COPY-based bulk enqueue, and one commit per enqueue."""
-    kind = HANDLER_KINDS[cfg.handler]
-    app = bench_app(dsn, cfg)
-    try:
-        app.enqueue(kind, {"n": -1})  # opens the pool: connection setup is not measured
+def scenario_enqueue(cfg: Config, system: System, dsn: str, log_dir: Path) -> list[Sample]:
+    """Producer throughput: the bulk API in chunks, and one commit per task."""
+    client = with_timeouts(dsn, cfg.timeout_s)
+    with opened(system.producer(client, cfg.timeout_s)) as prod:
+        prod.bulk(-1, 1)  # connections opened, statements prepared: not measured
         started = time.perf_counter()
-        enqueue_chunks(app, kind, cfg.enqueue_tasks, cfg.chunk, cfg.timeout_s)
+        enqueue_bulk(prod, cfg.enqueue_tasks, cfg.chunk, cfg.timeout_s)
         bulk_s = time.perf_counter() - started
 
         started = time.perf_counter()
         for i in range(cfg.single_tasks):
-            app.enqueue(kind, {"n": i})
+            prod.one(i, time.time())
             if i % 100 == 0:
-                check_elapsed(started, cfg.timeout_s, "single-row enqueue")
+                check_elapsed(started, cfg.timeout_s, "the single-task enqueue")
         single_s = time.perf_counter() - started
-    finally:
-        app.close()
-    with connect(with_timeouts(dsn, cfg.timeout_s)) as conn:
-        row = conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()
     expected = cfg.enqueue_tasks + cfg.single_tasks + 1
-    if row is None or row[0] != expected:
-        raise BenchError(f"enqueue: expected {expected} tasks in the table, found {row}")
+    with connect(client) as conn:
+        live = scalar(conn, system.live_sql())
+        found = scalar(
+            conn, sql.SQL("SELECT count(*) FROM {}").format(table_name(system.tables[0]))
+        )
+    if not live or found != expected:
+        raise BenchError(f"enqueue: expected {expected:,} tasks in the table, found {found:,}")
     return [
-        Sample("bulk", "enqueue_many (COPY)", cfg.enqueue_tasks / bulk_s, "tasks/s"),
-        Sample("single", "enqueue (1 row/commit)", cfg.single_tasks / single_s, "tasks/s"),
+        Sample("bulk", "bulk enqueue", cfg.enqueue_tasks / bulk_s, "tasks/s"),
+        Sample("single", "single enqueue, 1 commit each", cfg.single_tasks / single_s, "tasks/s"),
     ]
 
 
-def scenario_drain(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]:
-    """Consumer throughput of real worker processes, start-up included."""
+def scenario_drain(cfg: Config, system: System, dsn: str, log_dir: Path) -> list[Sample]:
+    """Consumer throughput of the system's own worker processes, no-op handlers."""
     n = cfg.drain_tasks
-    app = bench_app(dsn, cfg)
-    try:
-        enqueue_chunks(app, HANDLER_KINDS[cfg.handler], n, cfg.chunk, cfg.timeout_s)
-    finally:
-        app.close()
-    with connect(with_timeouts(dsn, cfg.timeout_s)) as conn:
-        # Fresh statistics, so that the result does not depend on when autovacuum gets to it.
-        conn.execute("ANALYZE angela_queue.tasks")
-        done = 0
+    client = with_timeouts(dsn, cfg.timeout_s)
+    with opened(system.producer(client, cfg.timeout_s)) as prod:
+        enqueue_bulk(prod, n, cfg.chunk, cfg.timeout_s)
+    probe = probe_dir(log_dir, system.key)
+    processes = system.drain_processes(cfg.tuning)
+    with connect(client) as conn:
+        analyze(conn, system)
 
-        def succeeded() -> int | None:
-            nonlocal done
-            row = conn.execute(
-                "SELECT count(*) FROM angela_queue.tasks WHERE status = 'succeeded'"
-            ).fetchone()
-            done = int(row[0]) if row else 0
-            return done if done >= n else None
+        def all_done() -> bool | None:
+            return None if scalar(conn, system.live_sql()) else True
 
-        with WorkerGroup(dsn, log_dir) as workers:
-            started = time.perf_counter()
-            workers.start(cfg.workers, cfg.concurrency)
+        with WorkerGroup(log_dir) as workers:
+            spawned = time.time()
+            procs = workers.spawn(system.worker(dsn, cfg.tuning), processes, probe)
             wait_until(
-                lambda: f"the drain: {done:,}/{n:,} tasks succeeded",
-                succeeded,
+                lambda: f"the {system.label} drain of {n:,} tasks",
+                all_done,
                 cfg.timeout_s,
                 on_tick=workers.check_alive,
+                poll_s=DRAIN_POLL_S,
             )
-            wall_s = time.perf_counter() - started
+            finished = time.time()
+            rss = max(rss_mb(p.pid) for p in procs)
             workers.stop(cfg.timeout_s)
-        row = conn.execute(
-            """SELECT count(*) FILTER (WHERE status <> 'succeeded'),
-                      extract(epoch FROM max(finished_at) - min(started_at))::float8
-                 FROM angela_queue.tasks"""
-        ).fetchone()
-    if row is None or row[0] or not row[1]:
-        raise BenchError(f"drain: {row and row[0]} task(s) did not succeed")
+        done = int(scalar(conn, system.done_sql()))
+    firsts = first_starts(probe)
+    if not firsts:
+        raise BenchError(f"drain: no {system.label} handler ever ran")
+    if system.counts_done() and done != n:
+        raise BenchError(f"drain: {done:,} of {n:,} {system.label} tasks succeeded")
     return [
-        Sample("rate", "from worker spawn", n / wall_s, "tasks/s"),
-        Sample("steady_rate", "first claim → last completion", n / float(row[1]), "tasks/s"),
+        Sample("rate", "drain, first task → all done", n / (finished - min(firsts)), "tasks/s"),
+        Sample("rate_spawn", "drain, from process spawn", n / (finished - spawned), "tasks/s"),
+        Sample("rss_mb", "worker RSS after the drain (max)", rss, "MB"),
     ]
 
 
-def scenario_latency(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]:
-    """How long a task waits for an idle worker, when only NOTIFY can wake it."""
+def scenario_latency(cfg: Config, system: System, dsn: str, log_dir: Path) -> list[Sample]:
+    """How long after its enqueue call a task starts in one idle worker, at a steady rate."""
     n = cfg.latency_tasks
-    kind = HANDLER_KINDS[cfg.handler]
-    env = {"ANGELA_QUEUE_POLL_IDLE_S": LATENCY_POLL_IDLE_S}
+    client = with_timeouts(dsn, cfg.timeout_s)
+    probe = probe_dir(log_dir, system.key)
     with (
-        connect(with_timeouts(dsn, cfg.timeout_s)) as conn,
-        WorkerGroup(dsn, log_dir, env) as workers,
+        WorkerGroup(log_dir) as workers,
+        opened(system.producer(client, cfg.timeout_s)) as prod,
     ):
-        workers.start(1, cfg.concurrency)
-        pid = workers.procs[0][0].pid
+        workers.spawn(system.worker(dsn, cfg.tuning), 1, probe)
+        # Warm-up: tasks until the worker has run one (it is up, listening, connected).
+        warmups = 0
+        next_send = 0.0
 
-        def ready() -> bool | None:
-            # 'idle' is written at registration, before LISTEN: wait for the listener too.
-            row = conn.execute(
-                """SELECT coalesce((SELECT status = 'idle' FROM angela_queue.workers
-                                     WHERE pid = %(pid)s ORDER BY id DESC LIMIT 1), false)
-                      AND EXISTS (SELECT 1 FROM pg_stat_activity
-                                   WHERE datname = current_database()
-                                     AND query ILIKE 'LISTEN %%')""",
-                {"pid": pid},
-            ).fetchone()
-            return True if row and row[0] else None
+        def warmed() -> bool | None:
+            nonlocal warmups, next_send
+            if latency_lines(probe):
+                return True
+            if time.monotonic() >= next_send:
+                warmups += 1
+                prod.one(-warmups, time.time())
+                next_send = time.monotonic() + LATENCY_WARMUP_EVERY_S
+            return None
 
         wait_until(
-            lambda: "the worker to be idle and listening",
-            ready,
+            lambda: f"a first {system.label} task to run",
+            warmed,
+            cfg.timeout_s,
+            on_tick=workers.check_alive,
+            poll_s=0.01,
+        )
+        wait_until(
+            lambda: "the warm-up tasks",
+            lambda: True if len(latency_lines(probe)) >= warmups else None,
             cfg.timeout_s,
             on_tick=workers.check_alive,
         )
-        time.sleep(0.5)  # its first claim round is over: from now on it sleeps until NOTIFY
+        time.sleep(1.0)  # idle now: from here on a task has to wake it
 
-        insert = "INSERT INTO angela_queue.tasks (kind, payload) VALUES (%s, %s)"
-        insert_ms: list[float] = []  # the producer's own INSERT + commit, to read outliers by
+        send_ms: list[float] = []
         started = time.perf_counter()
         for i in range(n):
             delay = started + i / cfg.latency_rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            sent = time.perf_counter()
-            conn.execute(insert, (kind, Jsonb({"n": i})))
-            insert_ms.append((time.perf_counter() - sent) * 1000)
+            t0 = time.perf_counter()
+            prod.one(i, time.time())
+            send_ms.append((time.perf_counter() - t0) * 1000)
             if i % 10 == 0:
                 workers.check_alive()
-                check_elapsed(started, cfg.timeout_s, "the latency insert loop")
+                check_elapsed(started, cfg.timeout_s, "the latency send loop")
         sent_rate = n / (time.perf_counter() - started)
 
-        done = 0
+        def measured() -> list[float] | None:
+            got = [ms for k, ms in latency_lines(probe) if k >= 0]
+            return got if len(got) >= n else None
 
-        def all_succeeded() -> bool | None:
-            nonlocal done
-            row = conn.execute(
-                "SELECT count(*) FROM angela_queue.tasks WHERE status = 'succeeded'"
-            ).fetchone()
-            done = int(row[0]) if row else 0
-            return True if done >= n else None
-
-        wait_until(
-            lambda: f"the latency tasks: {done}/{n} succeeded",
-            all_succeeded,
+        waits = wait_until(
+            lambda: f"the {n} {system.label} latency tasks to run",
+            measured,
             cfg.timeout_s,
             on_tick=workers.check_alive,
         )
         workers.stop(cfg.timeout_s)
-        row = conn.execute(
-            """SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms),
-                      max(ms)
-                 FROM (SELECT extract(epoch FROM started_at - enqueued_at)::float8 * 1000 AS ms
-                         FROM angela_queue.tasks) waits"""
-        ).fetchone()
-    if row is None or row[0] is None:
-        raise BenchError("latency: no task was started")
-    p50, p95, p99 = (float(v) for v in row[0])
     return [
-        Sample("p50", "p50 enqueue → start", p50, "ms"),
-        Sample("p95", "p95 enqueue → start", p95, "ms"),
-        Sample("p99", "p99 enqueue → start", p99, "ms"),
-        Sample("max", "max enqueue → start", float(row[1]), "ms"),
-        Sample("insert_p99", "p99 producer INSERT + commit", percentile(insert_ms, 0.99), "ms"),
-        Sample("offered_rate", "insert rate achieved", sent_rate, "tasks/s"),
+        Sample("p50", "p50 enqueue → start", percentile(waits, 0.50), "ms"),
+        Sample("p95", "p95 enqueue → start", percentile(waits, 0.95), "ms"),
+        Sample("p99", "p99 enqueue → start", percentile(waits, 0.99), "ms"),
+        Sample("max", "max enqueue → start", max(waits), "ms"),
+        Sample("send_p99", "p99 of the producer's enqueue call", percentile(send_ms, 0.99), "ms"),
+        Sample("offered_rate", "send rate achieved", sent_rate, "tasks/s"),
     ]
 
 
-def scenario_sql_reference(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]:
-    """PostgreSQL's own ceiling here: the same two operations on a bare table, no triggers."""
-    n = cfg.reference_rows
-    claim = """DELETE FROM bench_ref WHERE id IN (
-                   SELECT id FROM bench_ref ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
-               RETURNING id"""
+PerSystemRunner = Callable[[Config, System, str, Path], list[Sample]]
+PER_SYSTEM_RUNNERS: dict[str, PerSystemRunner] = {
+    "enqueue": scenario_enqueue,
+    "drain": scenario_drain,
+    "latency": scenario_latency,
+}
+
+
+def db_counters(admin_dsn: str, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Per database: transactions so far (commits + rollbacks) and connections now."""
+    with connect(admin_dsn) as conn:
+        rows = conn.execute(
+            """SELECT d.datname, d.xact_commit + d.xact_rollback,
+                      (SELECT count(*) FROM pg_stat_activity a
+                        WHERE a.datname = d.datname AND a.backend_type = 'client backend')
+                 FROM pg_stat_database d WHERE d.datname = ANY(%s)""",
+            (list(names),),
+        ).fetchall()
+    return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+
+def wait_warmed_up(
+    cfg: Config, system: System, dsn: str, probe: Path, workers: WorkerGroup
+) -> None:
     with connect(with_timeouts(dsn, cfg.timeout_s)) as conn:
-        conn.execute(
-            "CREATE TABLE bench_ref (id bigserial PRIMARY KEY, payload jsonb, status text)"
+
+        def idle_now() -> bool | None:
+            live = scalar(conn, system.live_sql())
+            return True if not live and first_starts(probe) else None
+
+        wait_until(
+            lambda: f"the {system.label} warm-up tasks",
+            idle_now,
+            cfg.timeout_s,
+            on_tick=workers.check_alive,
         )
-        started = time.perf_counter()
-        with (
-            conn.transaction(),
-            conn.cursor().copy("COPY bench_ref (payload, status) FROM STDIN") as copy,
-        ):
-            for i in range(n):
-                copy.write_row((Jsonb({"n": i}), "pending"))
-        copy_s = time.perf_counter() - started
-        conn.execute("ANALYZE bench_ref")  # as the drain scenario does
 
-        drained = 0
-        started = time.perf_counter()
-        while True:
-            got = len(conn.execute(claim).fetchall())
-            if got == 0:
-                break
-            drained += got
-            check_elapsed(started, cfg.timeout_s, "the reference drain")
-        drain_s = time.perf_counter() - started
-    if drained != n:
-        raise BenchError(f"sql_reference: drained {drained} rows, expected {n}")
-    return [
-        Sample("copy", "COPY into a bare table", n / copy_s, "rows/s"),
-        Sample("drain", "DELETE … SKIP LOCKED LIMIT 100", n / drain_s, "rows/s"),
-    ]
 
+def scenario_idle(
+    cfg: Config, systems: Sequence[System], admin_dsn: str, log_dir: Path
+) -> dict[str, list[Sample]]:
+    """All systems' idle workers at once, each alone in its database: RSS and DB load."""
+    with ExitStack() as stack:
+        dsns = {
+            s.key: stack.enter_context(fresh_database(admin_dsn, f"idle_{s.key}", s.setup))
+            for s in systems
+        }
+        workers = stack.enter_context(WorkerGroup(log_dir))
+        pids: dict[str, int] = {}
+        probes: dict[str, Path] = {}
+        for s in systems:
+            probes[s.key] = probe_dir(log_dir, s.key)
+            pids[s.key] = workers.spawn(s.worker(dsns[s.key], cfg.tuning), 1, probes[s.key])[0].pid
+        for s in systems:
+            client = with_timeouts(dsns[s.key], cfg.timeout_s)
+            with opened(s.producer(client, cfg.timeout_s)) as prod:
+                enqueue_bulk(prod, cfg.idle_warmup, cfg.chunk, cfg.timeout_s)
+        for s in systems:  # every warm-up task has run; then no connection of ours is open
+            wait_warmed_up(cfg, s, dsns[s.key], probes[s.key], workers)
+        time.sleep(IDLE_SETTLE_S)
+        workers.check_alive()
+        names = {s.key: str(conninfo_to_dict(dsns[s.key])["dbname"]) for s in systems}
+        before = db_counters(admin_dsn, list(names.values()))
+        t0 = time.monotonic()
+        time.sleep(cfg.idle_window_s)
+        after = db_counters(admin_dsn, list(names.values()))
+        elapsed = time.monotonic() - t0
+        workers.check_alive()
+        rss = {key: rss_mb(pid) for key, pid in pids.items()}
+        workers.stop(cfg.timeout_s)
+    out: dict[str, list[Sample]] = {}
+    for s in systems:
+        name = str(names[s.key])
+        xacts = after[name][0] - before[name][0]
+        out[s.key] = [
+            Sample("qps", "idle worker's DB load", xacts / elapsed, "xact/s"),
+            Sample("rss_mb", "idle worker RSS (after the warm-up)", rss[s.key], "MB"),
+            Sample("conns", "connections held by an idle worker", after[name][1], "conns"),
+        ]
+    return out
+
+
+# -- scenarios: angela-queue only -----------------------------------------------------------
 
 BOUND_SIZE = 100  # a bounded queue as the profiles configure them (20, 50, 100)
 BOUND_BACKLOG = 50  # live tasks kept in each queue while measuring: half full
 
 
-def scenario_bound(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]:
+def scenario_bound(cfg: Config, dsn: str) -> list[Sample]:
     """What a bound costs an insert: the same single-row INSERTs into an unbounded queue and
     into a half-full bounded one (the trigger then takes the queue's lock and counts its live
     tasks). Each inserted task is finished right away, outside the timing, so the backlog
@@ -673,22 +870,196 @@ def scenario_bound(cfg: Config, dsn: str, log_dir: Path) -> list[Sample]:
     ]
 
 
-RUNNERS: dict[str, Callable[[Config, str, Path], list[Sample]]] = {
-    "enqueue": scenario_enqueue,
-    "bound": scenario_bound,
-    "drain": scenario_drain,
-    "latency": scenario_latency,
-    "sql_reference": scenario_sql_reference,
-}
+FILL_CHUNK = 250_000  # rows per INSERT … SELECT while filling drain_scale's big table
+
+
+def fill_finished(conn: psycopg.Connection[Any], total: int, timeout_s: float) -> None:
+    """``total`` finished tasks, fast: a few real ones (inserted through the trigger, then
+    finished as a worker would), copied over and over with triggers off. Copying every
+    column of real rows keeps them valid whatever columns the schema grows."""
+    template = min(1_000, total)
+    conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, payload)"
+        " SELECT 'bench.noop', jsonb_build_object('n', g) FROM generate_series(1, %s) g",
+        (template,),
+    )
+    conn.execute(
+        """UPDATE angela_queue.tasks
+              SET status = 'succeeded', attempts = 1, started_at = now(),
+                  first_started_at = now(), finished_at = now()"""
+    )
+    columns = [
+        str(r[0])
+        for r in conn.execute(
+            """SELECT column_name FROM information_schema.columns
+                WHERE table_schema = 'angela_queue' AND table_name = 'tasks'
+                  AND column_name <> 'id' AND is_generated = 'NEVER'
+                ORDER BY ordinal_position"""
+        )
+    ]
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    started = time.perf_counter()
+    left = total - template
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")  # no triggers
+        while left > 0:
+            copies = max(1, min(left, FILL_CHUNK) // template)
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO angela_queue.tasks ({cols}) SELECT {cols} FROM"
+                    " (SELECT * FROM angela_queue.tasks ORDER BY id LIMIT {n}) t,"
+                    " generate_series(1, {copies})"
+                ).format(cols=cols, n=template, copies=copies)
+            )
+            left -= copies * template
+            check_elapsed(started, timeout_s, "filling finished rows")
+
+
+def fill_pending(conn: psycopg.Connection[Any], total: int, timeout_s: float) -> None:
+    """``total`` pending tasks through the real insert path (the trigger), in chunks."""
+    started = time.perf_counter()
+    for first in range(0, total, FILL_CHUNK):
+        conn.execute(
+            "INSERT INTO angela_queue.tasks (kind, payload)"
+            " SELECT 'bench.noop', jsonb_build_object('n', g) FROM generate_series(%s, %s) g",
+            (first, min(total, first + FILL_CHUNK) - 1),
+        )
+        check_elapsed(started, timeout_s, "filling pending tasks")
+
+
+def drain_some(cfg: Config, dsn: str, log_dir: Path, count: int) -> float:
+    """Start the drain workers on the paused queue, wait until every one is idle and
+    listening, unpause (with a NOTIFY, which wakes them together), and run until ``count``
+    more tasks finished. The rate is by the database's clock: tasks finished ÷ (last
+    finish − unpause), so that start-up and a worker's head start do not count."""
+    system = AngelaQueue()
+    processes = cfg.tuning.drain_processes
+    with connect(with_timeouts(dsn, cfg.timeout_s)) as conn:
+        conn.execute("UPDATE angela_queue.queues SET paused = true WHERE name = 'default'")
+        counted = 0
+
+        def enough() -> bool | None:
+            nonlocal counted
+            counted = int(
+                scalar(
+                    conn,
+                    "SELECT count(*) FROM angela_queue.tasks WHERE finished_at >= %s",
+                    (since,),
+                )
+            )
+            return True if counted >= count else None
+
+        with WorkerGroup(log_dir) as workers:
+            pids = [p.pid for p in workers.spawn(system.worker(dsn, cfg.tuning), processes)]
+            wait_until(
+                lambda: f"{processes} idle, listening angela-queue workers",
+                lambda: True if workers_ready(conn, pids) else None,
+                cfg.timeout_s,
+                on_tick=workers.check_alive,
+            )
+            with conn.transaction():
+                since = scalar(
+                    conn,
+                    """UPDATE angela_queue.queues SET paused = false WHERE name = 'default'
+                       RETURNING clock_timestamp()""",
+                )
+                conn.execute("SELECT pg_notify(%s, 'default')", (NOTIFY_CHANNEL,))
+            wait_until(
+                lambda: f"{count:,} tasks to finish ({counted:,} so far)",
+                enough,
+                cfg.timeout_s,
+                on_tick=workers.check_alive,
+                poll_s=DRAIN_POLL_S,
+            )
+            conn.execute("UPDATE angela_queue.queues SET paused = true WHERE name = 'default'")
+            workers.stop(cfg.timeout_s)
+        row = conn.execute(
+            """SELECT count(*), extract(epoch FROM max(finished_at) - %(since)s)::float8,
+                      count(*) FILTER (WHERE status <> 'succeeded')
+                 FROM angela_queue.tasks WHERE finished_at >= %(since)s""",
+            {"since": since},
+        ).fetchone()
+    if row is None or not row[1] or row[2]:
+        raise BenchError(f"drain_scale: unexpected outcome {row}")
+    return float(row[0]) / float(row[1])
+
+
+def workers_ready(conn: psycopg.Connection[Any], pids: Sequence[int]) -> bool:
+    """Every worker registered as idle, and as many LISTEN connections in the database."""
+    row = conn.execute(
+        """SELECT (SELECT count(*) FROM angela_queue.workers
+                    WHERE pid = ANY(%(pids)s) AND status = 'idle'),
+                  (SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND query ILIKE 'LISTEN %%')""",
+        {"pids": list(pids)},
+    ).fetchone()
+    return row is not None and row[0] >= len(pids) and row[1] >= len(pids)
+
+
+def scenario_drain_scale(cfg: Config, admin_dsn: str, log_dir: Path) -> list[Sample]:
+    """Drain rate of the same number of tasks from a small backlog and from a big one with
+    millions of finished rows beside it. Each table is built once; every round drains
+    ``scale_small`` tasks (the small table is refilled each round), see ``drain_some``."""
+    small = cfg.scale_small
+    timeout = cfg.timeout_s
+    samples: list[Sample] = []
+    with fresh_database(admin_dsn, "scale_small") as dsn:
+        app = App(Settings(dsn=with_timeouts(dsn, timeout)))
+        try:
+            for _ in range(cfg.repeat):
+                app.enqueue_many(
+                    [{"kind": "bench.noop", "payload": {"n": i}} for i in range(small)]
+                )
+                with connect(with_timeouts(dsn, timeout)) as conn:
+                    conn.execute("ANALYZE angela_queue.tasks")
+                rate = drain_some(cfg, dsn, log_dir, small)
+                samples.append(Sample("small", f"drain, {small:,} pending", rate, "tasks/s"))
+        finally:
+            app.close()
+    label = f"drain, {cfg.scale_large:,} pending + {cfg.scale_finished:,} finished"
+    with fresh_database(admin_dsn, "scale_large") as dsn:
+        started = time.perf_counter()
+        with connect(with_timeouts(dsn, timeout * 10)) as conn:
+            fill_finished(conn, cfg.scale_finished, timeout * 10)
+            fill_pending(conn, cfg.scale_large, timeout * 10)
+            conn.execute("VACUUM (ANALYZE) angela_queue.tasks")
+        print(f"  [drain_scale] big table built in {time.perf_counter() - started:.0f} s")
+        for _ in range(cfg.repeat):
+            samples.append(Sample("large", label, drain_some(cfg, dsn, log_dir, small), "tasks/s"))
+    return samples
+
+
+# -- report ---------------------------------------------------------------------------------
 
 
 def describe(cfg: Config, scenario: str) -> str:
     """What a scenario measured, in one line, for the report."""
-    handler = f"{cfg.handler} no-op handler"
     if scenario == "enqueue":
         return (
-            f"{cfg.enqueue_tasks:,} tasks via App.enqueue_many in chunks of {cfg.chunk:,}; "
-            f"{cfg.single_tasks:,} via App.enqueue, one commit each"
+            f"{cfg.enqueue_tasks:,} no-op tasks through each system's bulk API in chunks of "
+            f"{cfg.chunk:,} (angela-queue enqueue_many = COPY; PGQueuer Queries.enqueue with "
+            "lists; Procrastinate batch_defer_async; plain SQL COPY), then "
+            f"{cfg.single_tasks:,} through its single-task API, one commit each"
+        )
+    if scenario == "drain":
+        return (
+            f"{cfg.drain_tasks:,} pre-enqueued no-op tasks, then the worker processes are "
+            "spawned; timed from the first task a handler sees (start-up and imports excluded) "
+            "until the benchmark sees no task left (polled every "
+            f"{DRAIN_POLL_S * 1000:.0f} ms); 'from spawn' includes start-up"
+        )
+    if scenario == "latency":
+        return (
+            f"{cfg.latency_tasks:,} tasks sent at ~{cfg.latency_rate:g}/s through each "
+            "system's single-task API to 1 idle worker (warmed up); time from just before the "
+            "enqueue call (so its commit counts) to the start of the handler, same clock"
+        )
+    if scenario == "idle":
+        return (
+            f"1 worker per system, all at once, each alone in its database, after "
+            f"{cfg.idle_warmup} warm-up tasks and {IDLE_SETTLE_S:g} s of settling: "
+            f"transactions (xact_commit + xact_rollback of pg_stat_database; one per "
+            f"statement in autocommit) over {cfg.idle_window_s:g} s, and the process's RSS"
         )
     if scenario == "bound":
         return (
@@ -696,25 +1067,44 @@ def describe(cfg: Config, scenario: str) -> str:
             f"round; both queues hold {BOUND_BACKLOG} live tasks; the bounded one has max_size "
             f"{BOUND_SIZE}"
         )
-    if scenario == "drain":
-        return (
-            f"{cfg.drain_tasks:,} pre-enqueued tasks, {cfg.workers} worker process(es) × "
-            f"concurrency {cfg.concurrency}, {handler}; wall time counts from the spawn"
-        )
-    if scenario == "latency":
-        return (
-            f"{cfg.latency_tasks:,} plain-SQL INSERTs at ~{cfg.latency_rate:g}/s, 1 idle worker "
-            f"(concurrency {cfg.concurrency}, {handler}), ANGELA_QUEUE_POLL_IDLE_S="
-            f"{LATENCY_POLL_IDLE_S}: only NOTIFY wake-ups count; started_at − enqueued_at, "
-            "which includes the producer's commit"
-        )
     return (
-        f"bare table, {cfg.reference_rows:,} rows; one connection, 100 rows per DELETE, "
-        "one commit each"
+        f"{cfg.tuning.drain_processes} angela-queue workers drain {cfg.scale_small:,} tasks: "
+        f"from a table holding just those, and from one holding {cfg.scale_large:,} pending "
+        f"and {cfg.scale_finished:,} finished tasks (vacuumed); the workers start on the "
+        "paused queue, which is unpaused once they are all idle and listening; rate by the "
+        "database's clock, unpause → last completion"
     )
 
 
-# -- report ---------------------------------------------------------------------------------
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return rev + (" (uncommitted changes)" if dirty else "")
+
+
+def cpu_model() -> str:
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
 
 
 def machine_facts(srv: Server, cfg: Config) -> dict[str, str]:
@@ -732,12 +1122,16 @@ def machine_facts(srv: Server, cfg: Config) -> dict[str, str]:
         durability = f"fast (--fast-durability, not crash-safe): {settings}"
     else:
         durability = f"default: {settings}"
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return {
-        "cores": str(os.cpu_count()),
+        "cpu": f"{os.cpu_count()} cores, {cpu_model()}",
+        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "load": f"{load} (1/5/15 min, at the start: other work on the machine skews results)",
         "python": platform.python_version(),
         "postgresql": values["server_version"],
         "server": srv.label,
         "durability": durability,
+        "revision": f"angela-queue {git_revision()}",
     }
 
 
@@ -751,82 +1145,314 @@ def command_line() -> str:
 
 
 def fmt(value: float, unit: str) -> str:
-    return f"{value:,.1f}" if unit in ("ms", "µs") else f"{value:,.0f}"
+    if unit in ("ms", "µs", "MB", "xact/s"):
+        return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:,.0f}"
 
 
-def print_report(cfg: Config, metrics: list[Metric], facts: dict[str, str], command: str) -> None:
-    console = Console(width=max(120, shutil.get_terminal_size().columns))
-    table = Table(title=f"angela-queue bench — median of {cfg.repeat} run(s)", title_justify="left")
-    table.add_column("scenario")
-    table.add_column("metric")
-    table.add_column("median", justify="right")
+@dataclass
+class Report:
+    """Everything a run produced, ready to print or write."""
+
+    cfg: Config
+    metrics: list[Metric]
+    facts: dict[str, str]
+    command: str
+    systems: list[System]
+    skipped: dict[str, str]
+    started_at: str
+
+    def find(self, scenario: str, key: str, system: str) -> Metric | None:
+        for m in self.metrics:
+            if (m.scenario, m.key, m.system) == (scenario, key, system):
+                return m
+        return None
+
+    def median(self, scenario: str, key: str, system: str) -> float | None:
+        m = self.find(scenario, key, system)
+        return m.median if m else None
+
+    def comparison_rows(self) -> list[tuple[Metric, list[str]]]:
+        """One row per metric measured for several systems: each system's median, and for
+        the peers their ratio to angela-queue's median (peer ÷ angela-queue)."""
+        keys: list[tuple[str, str]] = []
+        for m in self.metrics:
+            if m.scenario not in AQ_ONLY and (m.scenario, m.key) not in keys:
+                keys.append((m.scenario, m.key))
+        rows: list[tuple[Metric, list[str]]] = []
+        for scenario, key in keys:
+            ref = self.find(scenario, key, REFERENCE_KEY)
+            first: Metric | None = None
+            cells: list[str] = []
+            for s in self.systems:
+                found = self.find(scenario, key, s.key)
+                if first is None:
+                    first = found
+                if found is None:
+                    cells.append("—")
+                    continue
+                cell = fmt(found.median, found.unit)
+                if s.key != REFERENCE_KEY and ref is not None and ref.median:
+                    cell += f" ({found.median / ref.median:.2f}×)"
+                cells.append(cell)
+            if first is not None:
+                rows.append((first, cells))
+        return rows
+
+    def targets(self) -> list[tuple[str, str, bool | None]]:
+        """The issue's targets, from this run's medians: (target, measured, met)."""
+        out: list[tuple[str, str, bool | None]] = []
+        aq = REFERENCE_KEY
+
+        def ratio(scenario: str, key: str, peers: Sequence[str]) -> tuple[float, str] | None:
+            mine = self.median(scenario, key, aq)
+            found = [(v, p) for p in peers if (v := self.median(scenario, key, p)) is not None]
+            if mine is None or not found:
+                return None
+            best, who = max(found)
+            return mine / best, who
+
+        pgq = ("pgqueuer-asyncpg", "pgqueuer-psycopg")
+        for what, scenario, key, peers, need in (
+            ("drain ≥ 1.5× PGQueuer's best", "drain", "rate", pgq, 1.5),
+            ("drain ≥ 50 % of the plain-SQL loop", "drain", "rate", ("sql",), 0.5),
+            ("bulk enqueue ≥ 2× PGQueuer's", "enqueue", "bulk", pgq, 2.0),
+            ("bulk enqueue ≥ 33 % of plain COPY", "enqueue", "bulk", ("sql",), 0.33),
+        ):
+            r = ratio(scenario, key, peers)
+            if r is not None:
+                out.append((what, f"{r[0]:.2f}× ({r[1]})", r[0] >= need))
+        for what, scenario, key, limit, unit in (
+            ("idle latency p50 ≤ 2 ms", "latency", "p50", 2.0, "ms"),
+            ("idle latency p99 ≤ 5 ms", "latency", "p99", 5.0, "ms"),
+            ("idle worker ≤ 2 queries/s", "idle", "qps", 2.0, "xact/s"),
+            ("worker RSS ≤ 80 MB (idle)", "idle", "rss_mb", 80.0, "MB"),
+            ("worker RSS ≤ 80 MB (after the drain)", "drain", "rss_mb", 80.0, "MB"),
+        ):
+            v = self.median(scenario, key, aq)
+            if v is not None:
+                out.append((what, f"{fmt(v, unit)} {unit}", v <= limit))
+        small = self.median("drain_scale", "small", aq)
+        large = self.median("drain_scale", "large", aq)
+        if small and large is not None:
+            share = large / small
+            out.append(
+                ("drain with a big table ≥ 80 % of a small one", f"{share:.0%}", share >= 0.8)
+            )
+        return out
+
+    def settings(self) -> dict[str, str]:
+        t = self.cfg.tuning
+        return {
+            s.label: f"{s.drain_processes(t)} process(es) in the drain, 1 in latency/idle; "
+            + s.settings(t)
+            for s in self.systems
+        }
+
+    def versions(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for s in self.systems:
+            out.update(s.versions())
+        return out
+
+
+def print_report(r: Report) -> None:
+    console = Console(width=max(160, shutil.get_terminal_size().columns))
+    cfg = r.cfg
+    title = f"side by side — median of {cfg.repeat} run(s); (×) = system ÷ angela-queue"
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", no_wrap=True)
     table.add_column("unit")
-    table.add_column("runs", justify="right")
-    for m in metrics:
-        runs = " / ".join(fmt(v, m.unit) for v in m.runs)
-        table.add_row(m.scenario, m.label, fmt(m.median, m.unit), m.unit, runs)
-    console.print(table)
+    for s in r.systems:
+        table.add_column(s.label, justify="right", no_wrap=True)
+    rows = r.comparison_rows()
+    for m, cells in rows:
+        table.add_row(m.label, m.unit, *cells)
+    if rows:
+        console.print(table)
+    only = [m for m in r.metrics if m.scenario in AQ_ONLY]
+    if only:
+        t2 = Table(title="angela-queue only", title_justify="left")
+        t2.add_column("scenario")
+        t2.add_column("metric")
+        t2.add_column("median", justify="right")
+        t2.add_column("unit")
+        t2.add_column("runs", justify="right")
+        for m in only:
+            runs = " / ".join(fmt(v, m.unit) for v in m.runs)
+            t2.add_row(m.scenario, m.label, fmt(m.median, m.unit), m.unit, runs)
+        console.print(t2)
+    targets = r.targets()
+    if targets:
+        t3 = Table(title="issue 9 targets (angela-queue)", title_justify="left")
+        t3.add_column("target")
+        t3.add_column("this run", justify="right")
+        t3.add_column("met")
+        for what, value, met in targets:
+            t3.add_row(what, value, "yes" if met else "NO")
+        console.print(t3)
     # Plain prints: long lines here must wrap like text, not be padded like a table.
+    print("settings:")
+    for label, text in r.settings().items():
+        print(f"  {label}: {text}")
+    for key, why in r.skipped.items():
+        print(f"  {key}: skipped — {why}")
+    print("scenarios:")
     for scenario in cfg.only:
         print(f"  {scenario}: {describe(cfg, scenario)}")
     print()
-    for name, value in {**facts, "command": command}.items():
+    versions = ", ".join(f"{k} {v}" for k, v in r.versions().items())
+    for name, value in {**r.facts, "packages": versions, "command": r.command}.items():
         print(f"{name:<11} {value}")
 
 
-def write_json(
-    path: Path, cfg: Config, metrics: list[Metric], facts: dict[str, str], command: str
-) -> None:
-    data = {
-        "command": command,
-        "machine": facts,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-        | {"dsn": redact_dsn(cfg.dsn) if cfg.dsn else None},
+def markdown(r: Report) -> str:
+    cfg = r.cfg
+    lines = [
+        f"# angela-queue benchmark — {r.started_at}",
+        "",
+        f"Median of {cfg.repeat} run(s); (×) = system ÷ angela-queue. Mode: {cfg.mode}.",
+        "",
+        "| metric | unit | " + " | ".join(s.label for s in r.systems) + " |",
+        "|---|---|" + "---:|" * len(r.systems),
+    ]
+    for m, cells in r.comparison_rows():
+        lines.append(f"| {m.label} | {m.unit} | " + " | ".join(cells) + " |")
+    only = [m for m in r.metrics if m.scenario in AQ_ONLY]
+    if only:
+        lines += ["", "## angela-queue only", "", "| scenario | metric | median | unit | runs |"]
+        lines.append("|---|---|---:|---|---:|")
+        for m in only:
+            runs = " / ".join(fmt(v, m.unit) for v in m.runs)
+            lines.append(
+                f"| {m.scenario} | {m.label} | {fmt(m.median, m.unit)} | {m.unit} | {runs} |"
+            )
+    targets = r.targets()
+    if targets:
+        lines += ["", "## Issue 9 targets (angela-queue)", "", "| target | this run | met |"]
+        lines.append("|---|---:|---|")
+        lines += [f"| {w} | {v} | {'yes' if met else '**no**'} |" for w, v, met in targets]
+    lines += ["", "## Settings", ""]
+    lines += [f"- **{label}**: {text}" for label, text in r.settings().items()]
+    lines += [f"- **{key}**: skipped — {why}" for key, why in r.skipped.items()]
+    lines += ["", "## Scenarios", ""]
+    lines += [f"- **{s}**: {describe(cfg, s)}" for s in cfg.only]
+    lines += ["", "## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in r.facts.items()]
+    lines.append("- packages: " + ", ".join(f"{k} {v}" for k, v in r.versions().items()))
+    lines += ["", "Command:", "", "```", r.command, "```", ""]
+    return "\n".join(lines)
+
+
+def as_json(r: Report) -> dict[str, Any]:
+    cfg = r.cfg
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    config["dsn"] = redact_dsn(cfg.dsn) if cfg.dsn else None
+    return {
+        "started_at": r.started_at,
+        "command": r.command,
+        "machine": r.facts,
+        "packages": r.versions(),
+        "config": config,
+        "systems": {s.key: s.label for s in r.systems},
+        "skipped": r.skipped,
+        "settings": r.settings(),
         "scenarios": {s: describe(cfg, s) for s in cfg.only},
         "results": [
             {
                 "scenario": m.scenario,
                 "metric": m.key,
+                "system": m.system,
                 "label": m.label,
                 "unit": m.unit,
                 "median": m.median,
                 "runs": m.runs,
             }
-            for m in metrics
+            for m in r.metrics
         ],
+        "targets": [{"target": w, "value": v, "met": met} for w, v, met in r.targets()],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_results(r: Report) -> list[Path]:
+    stamp = r.started_at.replace(":", "").replace("-", "").replace(" ", "-")
+    out = r.cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(as_json(r), indent=2, ensure_ascii=False) + "\n"
+    paths = [out / f"bench-{stamp}.json", out / f"bench-{stamp}.md"]
+    paths[0].write_text(data)
+    paths[1].write_text(markdown(r))
+    if r.cfg.json_path is not None:
+        r.cfg.json_path.parent.mkdir(parents=True, exist_ok=True)
+        r.cfg.json_path.write_text(data)
+        paths.append(r.cfg.json_path)
+    return paths
 
 
 # -- main -----------------------------------------------------------------------------------
 
 
-def run(cfg: Config, log_dir: Path) -> tuple[list[Metric], dict[str, str]]:
-    metrics: dict[tuple[str, str], Metric] = {}
+def available_systems(cfg: Config) -> tuple[list[System], dict[str, str]]:
+    systems: list[System] = []
+    skipped: dict[str, str] = {}
+    for key in cfg.systems:
+        system = by_key(key)
+        why = system.missing()
+        if why:
+            skipped[system.label] = why
+        else:
+            systems.append(system)
+    return systems, skipped
+
+
+def run(cfg: Config, log_dir: Path, report: Report) -> None:
+    metrics: dict[tuple[str, str, str], Metric] = {}
+
+    def record(scenario: str, system: str, samples: list[Sample], attempt: str) -> None:
+        shown = "; ".join(f"{s.label} {fmt(s.value, s.unit)} {s.unit}" for s in samples)
+        print(f"[{scenario} {attempt} {system}] {shown}", flush=True)
+        for s in samples:
+            metric = metrics.setdefault(
+                (scenario, s.key, system), Metric(scenario, s.key, s.label, s.unit, system)
+            )
+            metric.runs.append(s.value)
+            if metric not in report.metrics:
+                report.metrics.append(metric)
+
     with server(cfg) as srv:
-        facts = machine_facts(srv, cfg)
+        report.facts = machine_facts(srv, cfg)
         print(
-            f"PostgreSQL {facts['postgresql']} ({srv.label}), durability {facts['durability']}",
+            f"PostgreSQL {report.facts['postgresql']} ({srv.label}), "
+            f"{report.facts['durability']}; load {os.getloadavg()[0]:.2f}",
             flush=True,
         )
+        for why in report.skipped.items():
+            print(f"skipping {why[0]}: {why[1]}", flush=True)
         for scenario in cfg.only:
+            if scenario == "drain_scale":
+                print("[drain_scale] building the tables (this takes a while) …", flush=True)
+                record(scenario, REFERENCE_KEY, scenario_drain_scale(cfg, srv.dsn, log_dir), "")
+                continue
             for attempt in range(1, cfg.repeat + 1):
-                with fresh_database(srv.dsn, scenario) as dsn:
-                    samples = RUNNERS[scenario](cfg, dsn, log_dir)
-                shown = "; ".join(f"{s.label} {fmt(s.value, s.unit)} {s.unit}" for s in samples)
-                print(f"[{scenario} {attempt}/{cfg.repeat}] {shown}", flush=True)
-                for s in samples:
-                    metric = metrics.setdefault(
-                        (scenario, s.key), Metric(scenario, s.key, s.label, s.unit)
-                    )
-                    metric.runs.append(s.value)
-    return list(metrics.values()), facts
+                tag = f"{attempt}/{cfg.repeat}"
+                if scenario == "bound":
+                    with fresh_database(srv.dsn, scenario) as dsn:
+                        record(scenario, REFERENCE_KEY, scenario_bound(cfg, dsn), tag)
+                elif scenario == "idle":
+                    for key, samples in scenario_idle(
+                        cfg, report.systems, srv.dsn, log_dir
+                    ).items():
+                        record(scenario, key, samples, tag)
+                else:
+                    for system in report.systems:  # interleaved: drift hits all alike
+                        with fresh_database(srv.dsn, scenario, system.setup) as dsn:
+                            samples = PER_SYSTEM_RUNNERS[scenario](cfg, system, dsn, log_dir)
+                        record(scenario, system.key, samples, tag)
 
 
 def fail(message: str, log_dir: Path, code: int = 1, *, keep_logs: bool = True) -> int:
     """One line on stderr; the worker logs are kept when they may explain the failure."""
-    if keep_logs and any(log_dir.iterdir()):
+    if keep_logs and any(log_dir.glob("*.log")):
         message += f" (worker logs kept in {log_dir})"
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
@@ -841,9 +1467,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # too: a shell's background job inherits it ignored, and the run would be unstoppable.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
+    systems, skipped = available_systems(cfg)
+    report = Report(
+        cfg=cfg,
+        metrics=[],
+        facts={},
+        command=command,
+        systems=systems,
+        skipped=skipped,
+        started_at=datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+    )
     log_dir = Path(tempfile.mkdtemp(prefix="angela-bench-"))
     try:
-        metrics, facts = run(cfg, log_dir)
+        run(cfg, log_dir, report)
     except KeyboardInterrupt:
         message = "interrupted; workers killed and databases dropped"
         return fail(message, log_dir, 130, keep_logs=False)
@@ -853,10 +1489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{type(exc).__name__}: {first_line(exc)}", log_dir)
     shutil.rmtree(log_dir, ignore_errors=True)
     print()
-    print_report(cfg, metrics, facts, command)
-    if cfg.json_path is not None:
-        write_json(cfg.json_path, cfg, metrics, facts, command)
-        print(f"results written to {cfg.json_path}")
+    print_report(report)
+    paths = write_results(report)
+    print("results written to " + ", ".join(str(p) for p in paths))
     return 0
 
 

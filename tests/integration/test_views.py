@@ -169,5 +169,3 @@ def test_monitor_role_can_read_the_views_and_nothing_else(conn):
         conn.execute("RESET ROLE")
     row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (MONITOR,))
     assert row.fetchone() == (False,)
-
-
