@@ -162,7 +162,7 @@ class Reaper:
         backoff = 0.1
         while not stop.is_set():
             try:
-                self._connection().execute("SELECT 1")
+                TaskStore(self._connection()).database_now()
                 schedule.healthy()
                 if schedule.due():
                     self.run_once()

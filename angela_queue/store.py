@@ -222,6 +222,13 @@ class TaskStore:
             ).fetchall()
         return {int(r[0]) for r in rows}
 
+    def database_now(self) -> datetime:
+        """The database's clock; also a cheap proof that the connection works."""
+        with translate_errors():
+            row = self.conn.execute(Q["database_now"]).fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
     def task_get(self, task_id: int) -> dict[str, Any]:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(Q["task_get"], {"id": task_id}).fetchone()

@@ -32,7 +32,7 @@ from angela_queue.batching import fill_batch, group_for_batches
 from angela_queue.client import App
 from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
-from angela_queue.listener import listen
+from angela_queue.listener import listen as listen_for_work
 from angela_queue.reaper import Reaper, ReaperConfig
 from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
 from angela_queue.types import Task
@@ -181,7 +181,9 @@ class Worker:
             await async_pool.open()
         runner = TaskRunner(self.settings, self.worker_id, threads, async_pool, sync_pool)
         listener = (
-            asyncio.create_task(listen(dsn, self.queues, self._notified)) if self.listen else None
+            asyncio.create_task(listen_for_work(dsn, self.queues, self._notified))
+            if self.listen
+            else None
         )
         try:
             conn = await self._loop(conn, runner)

@@ -2,6 +2,10 @@
 -- Named psycopg parameters only; every object schema-qualified so that transactional
 -- enqueue works on a caller's connection whatever its search_path.
 
+-- name: database_now
+-- The database's clock, the one every lease comparison uses; also a liveness probe.
+SELECT now() AS now;
+
 -- name: queue_count_ready
 -- Ready pending tasks of some queues, counted only up to a cap: the adaptive poll needs
 -- to know "more than 20", never the exact size of a big backlog.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -71,6 +72,33 @@ def running_under(conn, task_id: int, worker_id: int) -> bool:
     return row(conn, task_id)[0::2] == ("running", worker_id)
 
 
+class StatusWatch(threading.Thread):
+    """Records every status a worker row shows, polling every 20 ms on its own connection."""
+
+    def __init__(self, dsn: str, worker_id: int) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.worker_id = dsn, worker_id
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.done.wait(0.02):
+                found = conn.execute(
+                    "SELECT status FROM angela_queue.workers WHERE id = %s", (self.worker_id,)
+                ).fetchone()
+                if found is not None:
+                    self.seen.add(found[0])
+
+    def __enter__(self) -> StatusWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.join(5)
+
+
 def test_sigkilled_worker_task_is_reclaimed_in_time_and_completes_elsewhere(dsn, runs):
     a, a_id = start_ready(dsn, runs, "--concurrency", "1")
     task_id = enqueue(dsn, "test.hang_once", {"seconds": 60})
@@ -97,11 +125,15 @@ def test_sigkilled_worker_task_is_reclaimed_in_time_and_completes_elsewhere(dsn,
 
 
 def test_sigstopped_worker_is_reclaimed_and_its_late_result_changes_nothing(dsn, runs):
-    a, a_id = start_ready(dsn, runs, "--concurrency", "1")
+    # Both workers are up before the task exists, so the pause comes right after the claim
+    # however slowly a process starts: whichever claims it is the one paused.
+    pair = [start_worker(dsn, "--concurrency", "1", env=FAST) for _ in range(2)]
+    ids = [worker_id_of(runs, w) for w in pair]
+    time.sleep(HEARTBEAT_TIMEOUT_S + 2 * HEARTBEAT_S)
     task_id = enqueue(dsn, "test.hang_once", {"seconds": 4}, timeout_s=60)
-    wait_for(lambda: running_under(runs, task_id, a_id), timeout=10)
+    owner = wait_for(lambda: row(runs, task_id)[0] == "running" and row(runs, task_id)[2])
     started = time.monotonic()
-    b, b_id = start_ready(dsn, runs, "--concurrency", "1")
+    (a, a_id), (b, b_id) = sorted(zip(pair, ids, strict=True), key=lambda p: p[1] != owner)
     try:
         a.send_signal(signal.SIGSTOP)
         wait_for(lambda: row(runs, task_id)[0] == "succeeded", timeout=20)
@@ -116,6 +148,9 @@ def test_sigstopped_worker_is_reclaimed_and_its_late_result_changes_nothing(dsn,
     assert b_code == 0, b_output
     # Declared dead by a reaper: it stops and asks to be restarted.
     assert a_code == EXIT_DECLARED_DEAD, a_output
+    assert runs.execute(
+        "SELECT status FROM angela_queue.workers WHERE id = %s", (a_id,)
+    ).fetchone() == ("dead",)
     assert f"late result of task {task_id} ignored" in a_output
     status, attempts, worker_id, result = row(runs, task_id, "status, attempts, worker_id, result")
     assert (status, attempts, worker_id) == ("succeeded", 2, b_id)
@@ -163,24 +198,19 @@ def test_cpu_bound_handlers_do_not_stop_the_heartbeat(dsn, runs):
 
 def test_stuck_sync_handler_is_reclaimed_and_its_worker_exits(dsn, runs):
     a, a_id = start_ready(dsn, runs, "--concurrency", "1")
-    task_id = enqueue(dsn, "test.hang_once", {"seconds": 30}, timeout_s=3, max_attempts=3)
-    wait_for(lambda: running_under(runs, task_id, a_id), timeout=10)
-    b, b_id = start_ready(dsn, runs, "--concurrency", "1")
-    try:
-        # The worker records the timeout itself; it shows `stuck` while the thread lingers.
-        wait_for(
-            lambda: runs.execute(
-                "SELECT status = 'stuck' FROM angela_queue.workers WHERE id = %s", (a_id,)
-            ).fetchone()[0],
-            timeout=10,
-            interval=0.02,
-        )
-        wait_for(lambda: row(runs, task_id)[0] == "succeeded", timeout=15)
-        # One more timeout_s of grace, then it gives up on the thread and exits.
-        a_code, a_output = stop_when_exited(a, timeout=20)
-    finally:
-        stop(a)
-        b_code, b_output = stop(b)
+    with StatusWatch(dsn, a_id) as watch:
+        task_id = enqueue(dsn, "test.hang_once", {"seconds": 30}, timeout_s=2, max_attempts=3)
+        wait_for(lambda: running_under(runs, task_id, a_id), timeout=10)
+        b, b_id = start_ready(dsn, runs, "--concurrency", "1")
+        try:
+            wait_for(lambda: row(runs, task_id)[0] == "succeeded", timeout=15)
+            # One more timeout_s of grace, then it gives up on the thread and exits.
+            a_code, a_output = stop_when_exited(a, timeout=20)
+        finally:
+            stop(a)
+            b_code, b_output = stop(b)
+    # The worker recorded the timeout itself, and showed `stuck` while the thread lingered.
+    assert "stuck" in watch.seen, watch.seen
     assert b_code == 0, b_output
     assert a_code == EXIT_STUCK, a_output
     assert "stuck" in a_output
@@ -192,26 +222,17 @@ def test_stuck_sync_handler_is_reclaimed_and_its_worker_exits(dsn, runs):
 
 def test_blocked_event_loop_is_detected_its_task_reclaimed_and_the_worker_exits(dsn, runs):
     a, a_id = start_ready(dsn, runs, "--concurrency", "2")
-    task_id = enqueue(dsn, "test.block_loop_once", {"seconds": 30}, timeout_s=1)
-    wait_for(lambda: running_under(runs, task_id, a_id), timeout=10)
-    b, b_id = start_ready(dsn, runs, "--concurrency", "1")
-    seen_stuck = False
-    try:
-        deadline = time.monotonic() + 20
-        while a.poll() is None and time.monotonic() < deadline:
-            seen_stuck = (
-                seen_stuck
-                or runs.execute(
-                    "SELECT status FROM angela_queue.workers WHERE id = %s", (a_id,)
-                ).fetchone()[0]
-                == "stuck"
-            )
-            time.sleep(0.02)
-        wait_for(lambda: row(runs, task_id)[0] == "succeeded", timeout=15)
-    finally:
-        a_code, a_output = stop(a)
-        b_code, b_output = stop(b)
-    assert seen_stuck
+    with StatusWatch(dsn, a_id) as watch:
+        task_id = enqueue(dsn, "test.block_loop_once", {"seconds": 30}, timeout_s=1)
+        wait_for(lambda: running_under(runs, task_id, a_id), timeout=10)
+        b, b_id = start_ready(dsn, runs, "--concurrency", "1")
+        try:
+            a_code, a_output = stop_when_exited(a, timeout=20)
+            wait_for(lambda: row(runs, task_id)[0] == "succeeded", timeout=15)
+        finally:
+            stop(a)
+            b_code, b_output = stop(b)
+    assert "stuck" in watch.seen, watch.seen
     assert a_code == EXIT_STUCK, a_output
     assert b_code == 0, b_output
     assert row(runs, task_id) == ("succeeded", 2, b_id)
