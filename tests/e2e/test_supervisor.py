@@ -223,3 +223,43 @@ def test_a_process_that_is_not_our_worker_is_never_signalled(dsn, runs):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_worker_stuck_past_its_timeout_is_killed_and_replaced(dsn, runs):
+    assert (
+        supervise(
+            dsn,
+            "--once",
+            "--profile",
+            "low",
+            "--min-workers",
+            "1",
+            "--max-workers",
+            "1",
+            env={"ANGELA_QUEUE_BASE_WORKERS": "1"},
+        ).returncode
+        == 0
+    )
+    ((_, pid, _),) = wait_for(lambda: len(live_workers(runs)) == 1 and live_workers(runs))
+    runs.execute(
+        "INSERT INTO angela_queue.tasks (kind, payload, timeout_s) VALUES"
+        " ('test.hang_once', '{\"seconds\": 60}', 3)"
+    )
+    # The sync handler cannot be interrupted: past its timeout the worker reports itself stuck.
+    wait_for(
+        lambda: (
+            runs.execute(
+                "SELECT status FROM angela_queue.workers WHERE pid = %s", (pid,)
+            ).fetchone()[0]
+            == "stuck"
+        ),
+        timeout=10,
+    )
+    result = supervise(
+        dsn, "--once", "--profile", "low", "--min-workers", "1", "--max-workers", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 stuck killed" in result.stderr and "start 1" in result.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # The replacement runs the task again (its quick second attempt).
+    wait_for(lambda: count(runs, "status = 'succeeded'") == 1, timeout=30)
