@@ -1,49 +1,30 @@
 """The one seam to the database: a typed method per named query, errors translated here.
 
 ``TaskStore`` (sync) and ``AsyncTaskStore`` (async) have identical method names. Both run
-on a connection they are given and never commit: the caller owns the transaction.
+on a connection they are given and never commit: the caller owns the transaction. The hot
+path lives here; operator, supervisor and monitoring queries in store_admin.py, the
+translation of database errors in store_errors.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 from angela_queue import errors
 from angela_queue.sql import QUERIES as Q
+from angela_queue.store_admin import AdminQueries
+from angela_queue.store_errors import translate_errors
 from angela_queue.types import EnqueueRequest, Task
 
 NOTIFY_CHANNEL = "angela_queue"
 COPY_COLUMNS = 11
-
-# Friendly messages for the CHECK constraints a producer can trip.
-_CONSTRAINT_MESSAGES = {
-    "tasks_kind_check": (
-        "invalid kind: use a lowercase dotted identifier like 'conversation.analyze'"
-    ),
-    "tasks_priority_check": "priority must be between 1 and 10",
-    "tasks_payload_check": "payload must be a JSON object",
-    "tasks_max_attempts_check": "max_attempts must be between 1 and 1000",
-    "tasks_timeout_s_check": "timeout_s must be between 1 and 604800 seconds",
-    "tasks_dedupe_key_check": "dedupe_key must be at most 500 characters",
-    "queues_name_check": "invalid queue name: lowercase letters, digits, '_', '.', '-'",
-    "queues_aging_rate_check": "aging_rate must be between 0 and 60 points per minute",
-    "boost_rules_boost_check": "boost must be between -9 and 9",
-    "boost_rules_name_check": "invalid rule name: lowercase letters, digits, '_', '.', '-'",
-    "rule_vars_name_check": "invalid variable name: lowercase letters, digits and '_'",
-    "tiers_target_wait_check": "a target wait cannot be negative",
-    "queues_max_size_check": "max_size must be at least 1",
-    "queues_overflow_policy_check": "overflow_policy must be drop_low or reject",
-    "queues_drop_below_priority_check": "drop_below_priority must be between 1 and 11",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,49 +52,6 @@ class Reclaimed:
 def reclaimed_rows(rows: Sequence[tuple[Any, ...]]) -> list[Reclaimed]:
     """Rows of task_reclaim_orphaned/task_reclaim_overdue as values (pure)."""
     return [Reclaimed(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
-
-
-@contextlib.contextmanager
-def translate_errors(queue: str | None = None) -> Iterator[None]:
-    """Turn psycopg errors into angela-queue errors, keyed by SQLSTATE and constraint."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise translate(exc, queue) from exc
-
-
-def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueueError:
-    """The domain error for a database error."""
-    diag = exc.diag
-    message = diag.message_primary or str(exc)
-    if exc.sqlstate == "AQ001":
-        return errors.UnknownQueue(queue or message)
-    if exc.sqlstate == "AQ003":
-        return errors.PayloadTooLarge(message)
-    if exc.sqlstate == "AQ002":
-        return errors.QueueFull(queue or "?", message)
-    if exc.sqlstate == "AQ005":
-        return errors.InvalidTask(message)
-    if isinstance(exc, pg_errors.CheckViolation | pg_errors.NotNullViolation):
-        constraint = diag.constraint_name
-        text = _CONSTRAINT_MESSAGES.get(constraint or "", message)
-        return errors.InvalidTask(text, constraint=constraint)
-    if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
-        return errors.SchemaError()
-    if isinstance(exc, pg_errors.InvalidTextRepresentation | pg_errors.NumericValueOutOfRange):
-        return errors.InvalidTask(message)
-    return errors.DatabaseError(message)
-
-
-def _rule_error(exc: psycopg.Error) -> errors.AngelaQueueError:
-    message = (exc.diag.message_primary or str(exc)).strip()
-    if exc.sqlstate == "AQ004":
-        return errors.InvalidRule(message)
-    if isinstance(exc, pg_errors.CheckViolation):
-        return errors.InvalidRule(_CONSTRAINT_MESSAGES.get(exc.diag.constraint_name or "", message))
-    if isinstance(exc, pg_errors.SyntaxError | pg_errors.UndefinedObject | pg_errors.DataError):
-        return errors.InvalidRule(f"invalid predicate: {message}")
-    return translate(exc)
 
 
 def insert_params(req: EnqueueRequest) -> dict[str, Any]:
@@ -184,7 +122,7 @@ def claim_params(
     }
 
 
-class TaskStore:
+class TaskStore(AdminQueries):
     """Synchronous store on one psycopg connection."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
@@ -263,174 +201,6 @@ class TaskStore:
     def worker_mark_dead(self, worker_id: int) -> None:
         with translate_errors():
             self.conn.execute(Q["worker_mark_dead"], {"id": worker_id})
-
-    def task_status_many(self, ids: Sequence[int]) -> dict[int, str]:
-        with translate_errors():
-            rows = self.conn.execute(Q["task_status_many"], {"ids": list(ids)}).fetchall()
-        return {int(r[0]): str(r[1]) for r in rows}
-
-    def session_set_overflow(self, mode: str) -> None:
-        with translate_errors():
-            self.conn.execute(Q["session_set_overflow"], {"mode": mode})
-
-    def queue_set_bound(
-        self,
-        name: str,
-        *,
-        max_size: int | None = None,
-        unbounded: bool = False,
-        overflow_policy: str | None = None,
-        drop_below_priority: int | None = None,
-    ) -> bool:
-        params = {
-            "name": name,
-            "max_size": max_size,
-            "unbounded": unbounded,
-            "overflow_policy": overflow_policy,
-            "drop_below_priority": drop_below_priority,
-        }
-        return bool(self._rows("queue_set_bound", params))
-
-    def task_requeue(
-        self, from_status: str, queue: str | None = None, ids: Sequence[int] | None = None
-    ) -> list[dict[str, Any]]:
-        """Back to pending within each queue's bound; rows of (queue_name, requeued, left)."""
-        params = {
-            "from_status": from_status,
-            "queue": queue,
-            "ids": None if ids is None else list(ids),
-        }
-        return self._rows("task_requeue", params)
-
-    def task_cancel_many(self, ids: Sequence[int]) -> set[int]:
-        return {r["id"] for r in self._rows("task_cancel_many", {"ids": list(ids)})}
-
-    # -- supervisor ---------------------------------------------------------------------------
-
-    def supervisor_lock(self, hostname: str) -> bool:
-        rows = self._rows("supervisor_lock", {"hostname": hostname})
-        return bool(rows and rows[0]["locked"])
-
-    def supervisor_unlock(self, hostname: str) -> None:
-        self._rows("supervisor_unlock", {"hostname": hostname})
-
-    def supervisor_tiers_at_risk(self, queues: Sequence[str]) -> list[str]:
-        return [r["tier"] for r in self._rows("supervisor_tiers_at_risk", {"queues": list(queues)})]
-
-    def queue_count_ready(self, queues: Sequence[str], cap: int) -> int:
-        rows = self._rows("queue_count_ready", {"queues": list(queues), "cap": cap})
-        return int(rows[0]["n"]) if rows else 0
-
-    def worker_list_host(self, hostname: str) -> list[dict[str, Any]]:
-        return self._rows("worker_list_host", {"hostname": hostname})
-
-    def worker_request_stop(self, worker_id: int) -> None:
-        self._rows("worker_request_stop", {"id": worker_id})
-
-    def decision_insert(self, params: dict[str, Any]) -> None:
-        self._rows("decision_insert", params)
-
-    def decision_recent(self, limit: int = 10) -> list[dict[str, Any]]:
-        return self._rows("decision_recent", {"limit": limit})
-
-    # -- monitoring reads (through angela_queue.monitoring) ------------------------------------
-
-    def queue_stats_list(self) -> list[dict[str, Any]]:
-        return self._rows("queue_stats_list", {})
-
-    def worker_stats_list(self, dead_window_s: float) -> list[dict[str, Any]]:
-        return self._rows("worker_stats_list", {"dead_window_s": dead_window_s})
-
-    def task_histogram(
-        self, wait_bounds: Sequence[float], processing_bounds: Sequence[float]
-    ) -> list[dict[str, Any]]:
-        """The last hour's waits and processing times per queue, tier and bucket index."""
-        params = {
-            "wait_bounds": [float(b) for b in wait_bounds],
-            "processing_bounds": [float(b) for b in processing_bounds],
-        }
-        return self._rows("task_histogram", params)
-
-    def task_throughput(self, bucket_s: float, window_s: float) -> list[dict[str, Any]]:
-        return self._rows("task_throughput", {"bucket_s": bucket_s, "window_s": window_s})
-
-    def task_list_failed(self, limit: int) -> list[dict[str, Any]]:
-        return self._rows("task_list_failed", {"limit": limit})
-
-    def task_list_dropped(self, limit: int) -> list[dict[str, Any]]:
-        return self._rows("task_list_dropped", {"limit": limit})
-
-    # -- priority administration (rules, variables, tiers) ------------------------------------
-
-    def rule_list(self) -> list[dict[str, Any]]:
-        return self._rows("rule_list", {})
-
-    def rule_insert(
-        self, name: str, predicate: str, boost: int, enabled: bool, description: str
-    ) -> dict[str, Any]:
-        """Store a rule; a predicate PostgreSQL cannot parse or evaluate raises InvalidRule."""
-        params = {
-            "name": name,
-            "predicate": predicate,
-            "boost": boost,
-            "enabled": enabled,
-            "description": description,
-        }
-        try:
-            rows = self._rows("rule_insert", params, raw=True)
-        except pg_errors.UniqueViolation as exc:
-            raise errors.InvalidRule(f"a rule named {name!r} already exists") from exc
-        except psycopg.Error as exc:
-            raise _rule_error(exc) from exc
-        return rows[0]
-
-    def rule_set_enabled(self, name: str, enabled: bool) -> bool:
-        return bool(self._rows("rule_set_enabled", {"name": name, "enabled": enabled}))
-
-    def rule_delete(self, name: str) -> bool:
-        return bool(self._rows("rule_delete", {"name": name}))
-
-    def rule_match(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._rows("rule_match", {"payload": Jsonb(payload)})
-
-    def rule_var_list(self) -> list[dict[str, Any]]:
-        return self._rows("rule_var_list", {})
-
-    def rule_var_set(self, name: str, value: Any) -> None:
-        try:
-            self._rows("rule_var_set", {"name": name, "value": Jsonb(value)}, raw=True)
-        except psycopg.Error as exc:
-            raise _rule_error(exc) from exc
-
-    def rule_var_delete(self, name: str) -> bool:
-        try:
-            return bool(self._rows("rule_var_delete", {"name": name}, raw=True))
-        except psycopg.Error as exc:
-            raise _rule_error(exc) from exc
-
-    def tier_list(self) -> list[dict[str, Any]]:
-        return self._rows("tier_list", {})
-
-    def tier_set_target_wait(self, tier: str, seconds: float) -> bool:
-        return bool(self._rows("tier_set_target_wait", {"tier": tier, "seconds": seconds}))
-
-    def tier_slo_list(self) -> list[dict[str, Any]]:
-        return self._rows("tier_slo_list", {})
-
-    def queue_set_target_wait(self, name: str, tier: str, seconds: float | None) -> bool:
-        return bool(
-            self._rows("queue_set_target_wait", {"name": name, "tier": tier, "seconds": seconds})
-        )
-
-    def _rows(self, query: str, params: dict[str, Any], raw: bool = False) -> list[dict[str, Any]]:
-        """Run a named query and return its rows as dicts (errors translated unless raw)."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            if raw:
-                cur.execute(Q[query], params)
-            else:
-                with translate_errors():
-                    cur.execute(Q[query], params)
-            return cur.fetchall() if cur.description else []
 
     def worker_mark_dead_stale(self, timeout_s: float, now: datetime | None = None) -> list[int]:
         """Mark workers silent for over ``timeout_s`` dead; returns the ids this call marked."""
