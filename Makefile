@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test/fast lint format typecheck demo bench bench/views chaos screenshot check clean
+.PHONY: help install test test/fast lint format typecheck demo bench bench/views bench/batches chaos screenshot check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: install ## enqueue rate, drain rate and wake-up latency (scripts/bench.py
 
 chaos: install ## SIGKILL a random worker every 2 s while 5,000 tasks flow (scripts/chaos.py)
 	$(BIN)/python scripts/chaos.py kill
+
+bench/batches: install ## routine tasks batched vs unbatched (scripts/bench_batches.py)
+	$(BIN)/python scripts/bench_batches.py
 
 bench/views: install ## monitoring views with 1,000,000 finished tasks (scripts/bench_views.py)
 	$(BIN)/python scripts/bench_views.py
