@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from angela_queue.cleaner import Cleaner
 from angela_queue.reaper import Reaper, Schedule, first_line
 from angela_queue.store import TaskStore
 from angela_queue.watchdog import loop_verdict
@@ -132,6 +133,7 @@ class Heartbeater:
         on_declared_dead: Callable[[], object] | None = None,
         on_wedged: Callable[[TaskStore, float], object] | None = None,
         reaper: Reaper | None = None,
+        cleaner: Cleaner | None = None,
     ) -> None:
         self.dsn = dsn
         self.worker_id = worker_id
@@ -142,6 +144,7 @@ class Heartbeater:
         self.on_declared_dead = on_declared_dead
         self.on_wedged = on_wedged
         self.reaper = reaper
+        self.cleaner = cleaner
         self.schedule = Schedule(reaper.config) if reaper is not None else None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -192,6 +195,15 @@ class Heartbeater:
         if verdict == "give_up" and self.on_wedged is not None and not self._stop.is_set():
             self.on_wedged(store, silent)
         self._reap(store)
+        self._clean(store)
+
+    def _clean(self, store: TaskStore) -> None:
+        if self.cleaner is None or self._stop.is_set() or not self.cleaner.due():
+            return
+        try:
+            self.cleaner.run_once(store)
+        except Exception as exc:
+            log.warning("cleaner pass failed (will retry): %s", first_line(exc))
 
     def _reap(self, store: TaskStore) -> None:
         if self.reaper is None or self.schedule is None or self._stop.is_set():

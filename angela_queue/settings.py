@@ -78,6 +78,8 @@ class Settings:
     scale_down_threshold: int = 2
     max_spawn_per_check: int = 4
     supervisor_kill_grace_s: float = 10.0
+    # Finished tasks and dead worker rows older than this are deleted (0 keeps everything).
+    retention_s: float = 7 * 86400.0
     pgdata: str = dataclasses.field(default_factory=default_pgdata)
     log_level: str = "INFO"
 
@@ -160,6 +162,8 @@ def _problems(s: Settings) -> list[str]:
         out.append("timeout_s must be at least 1")
     if not 1 <= s.min_workers <= s.max_workers:
         out.append("need 1 <= min_workers <= max_workers")
+    if s.retention_s < 0:
+        out.append("retention_s must not be negative (0 keeps everything)")
     if s.shutdown_grace_s < 0 or s.enqueue_wait_s < 0:
         out.append("shutdown_grace_s and enqueue_wait_s must not be negative")
     return out

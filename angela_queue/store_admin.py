@@ -191,3 +191,21 @@ class AdminQueries:
                 with translate_errors():
                     cur.execute(Q[query], params)
             return cur.fetchall() if cur.description else []
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def cleaner_lock(self) -> bool:
+        """Take the cleaner's transaction lock; False when another cleaner holds it."""
+        rows = self._rows("cleaner_lock", {})
+        return bool(rows and rows[0]["locked"])
+
+    def task_delete_finished_before(self, older_than_s: float, limit: int) -> int:
+        """Delete up to ``limit`` finished tasks older than ``older_than_s``; returns how many."""
+        return len(
+            self._rows(
+                "task_delete_finished_before", {"older_than_s": older_than_s, "limit": limit}
+            )
+        )
+
+    def worker_delete_dead_before(self, older_than_s: float) -> int:
+        return len(self._rows("worker_delete_dead_before", {"older_than_s": older_than_s}))

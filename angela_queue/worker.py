@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from angela_queue import errors
 from angela_queue.batching import fill_batch, group_for_batches
+from angela_queue.cleaner import Cleaner, CleanerConfig
 from angela_queue.client import App
 from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
@@ -170,6 +171,7 @@ class Worker:
             ),
             on_wedged=self._give_up_wedged,
             reaper=Reaper(ReaperConfig.from_settings(self.settings)),
+            cleaner=Cleaner(CleanerConfig(retention_s=self.settings.retention_s)),
         )
         ticker = asyncio.create_task(tick_forever(self.counters))
         heart.start()

@@ -62,3 +62,33 @@ def cancel(
         done = TaskStore(conn).task_cancel_many(ids)
     for task_id in ids:
         out.print(f"{task_id}: {'cancelled' if task_id in done else 'not pending, left alone'}")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str, typer.Option(help="Age of finished tasks to delete: e.g. 90s, 15m, 12h, 7d, 2w.")
+    ],
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per batch.")] = 1000,
+    dsn: DsnOption = None,
+) -> None:
+    """Delete finished tasks (and dead worker rows) older than --older-than, in batches."""
+    from angela_queue.cleaner import Cleaner, CleanerConfig, parse_duration
+
+    seconds = parse_duration(older_than)
+    if seconds <= 0:
+        raise CliError("--older-than must be more than 0")
+    cleaner = Cleaner(CleanerConfig(retention_s=seconds, batch_size=batch_size, max_batches=10))
+    tasks = workers = 0
+    with connect(resolve_dsn(load_settings(dsn=dsn)), autocommit=True) as conn:
+        while True:  # passes of at most 10 batches, each pass its own short transaction
+            result = cleaner.run_once(TaskStore(conn))
+            if result.skipped:
+                raise CliError("another cleaner is running; try again shortly")
+            tasks += result.tasks
+            workers += result.workers
+            if result.tasks < batch_size * 10:
+                break
+    out.print(
+        f"pruned {tasks} finished task(s) and {workers} dead worker row(s) older than {older_than}"
+    )

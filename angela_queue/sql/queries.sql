@@ -518,3 +518,29 @@ SELECT id, queue, kind, tier, priority, enqueued_at, last_error
  WHERE status = 'dropped'
  ORDER BY queue, sort_key, id
  LIMIT %(limit)s;
+
+-- name: cleaner_lock
+-- One cleaner at a time per database (advisory-lock class 0x41510003), held until the
+-- cleaner's transaction ends; the others skip their turn.
+SELECT pg_try_advisory_xact_lock(1095827715, 0) AS locked;
+
+-- name: task_delete_finished_before
+-- A batch of finished tasks older than the retention, oldest first, through
+-- tasks_finished_at_idx; the database's clock decides what is old.
+WITH doomed AS (
+    SELECT id FROM angela_queue.tasks
+     WHERE finished_at < now() - make_interval(secs => %(older_than_s)s)
+       AND status IN ('succeeded', 'failed', 'cancelled', 'dropped')
+     ORDER BY finished_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM angela_queue.tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id;
+
+-- name: worker_delete_dead_before
+-- Rows of workers dead for longer than the retention, once nothing runs under them.
+DELETE FROM angela_queue.workers w
+ WHERE w.status = 'dead' AND w.heartbeat_at < now() - make_interval(secs => %(older_than_s)s)
+   AND NOT EXISTS (SELECT 1 FROM angela_queue.tasks t
+                    WHERE t.status = 'running' AND t.worker_id = w.id)
+RETURNING w.id;

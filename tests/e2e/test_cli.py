@@ -301,3 +301,20 @@ def test_status_shows_workers_from_the_worker_stats_view(dsn, conn):
     table = cli("status", dsn=dsn, env={"COLUMNS": "160"})
     assert table.returncode == 0, table.stderr
     assert "workers" in table.stdout and "box-1" in table.stdout
+
+
+def test_prune_older_than(dsn):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO angela_queue.tasks (kind) SELECT 'a.b' FROM generate_series(1, 5)"
+        )
+        conn.execute(
+            "UPDATE angela_queue.tasks SET status = 'succeeded',"
+            " finished_at = now() - interval '3 days' WHERE id <= 3"
+        )
+    result = cli("prune", "--older-than", "2d", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "pruned 3 finished task(s)" in result.stdout
+    assert_one_line_error(cli("prune", "--older-than", "soon", dsn=dsn), "duration")
