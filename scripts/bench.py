@@ -110,23 +110,32 @@ class Sizes:
     scale_small: int
     scale_large: int
     scale_finished: int
+    scale_rounds: int
     repeat: int
     timeout_s: float
 
 
 PRESETS: dict[str, Sizes] = {
-    "quick": Sizes(5_000, 300, 5_000, 100, 5.0, 50, 500, 1_000, 20_000, 50_000, 1, 120.0),
+    "quick": Sizes(5_000, 300, 5_000, 100, 5.0, 50, 500, 1_000, 20_000, 50_000, 3, 1, 120.0),
     "default": Sizes(
-        20_000, 1_000, 20_000, 300, 10.0, 200, 3_000, 1_000, 200_000, 1_000_000, 1, 300.0
+        20_000, 1_000, 20_000, 300, 10.0, 200, 3_000, 1_000, 200_000, 1_000_000, 5, 1, 300.0
     ),
     "full": Sizes(
-        50_000, 2_000, 50_000, 1_000, 30.0, 200, 3_000, 1_000, 1_000_000, 5_000_000, 3, 600.0
+        50_000, 2_000, 50_000, 1_000, 30.0, 200, 3_000, 1_000, 1_000_000, 5_000_000, 7, 3, 600.0
     ),
 }
 
 
 @dataclass(frozen=True)
-class Config:
+class ServerOptions:
+    """Which server ``server()`` gives: the DSN's, else a throwaway embedded one."""
+
+    dsn: str | None
+    fast_durability: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
     """The parsed command line."""
 
     mode: str
@@ -149,6 +158,7 @@ class Config:
     scale_small: int
     scale_large: int
     scale_finished: int
+    scale_rounds: int
     tuning: Tuning
     timeout_s: float
 
@@ -200,7 +210,7 @@ def _names(items: list[str] | None) -> list[str]:
     return [n.strip() for item in items or [] for n in item.split(",") if n.strip()]
 
 
-def parse_args(argv: Sequence[str] | None) -> Config:
+def parse_args(argv: Sequence[str] | None) -> RunConfig:
     p = argparse.ArgumentParser(
         prog="scripts/bench.py",
         description="Benchmark angela-queue side by side with PGQueuer, Procrastinate and "
@@ -261,6 +271,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     g.add_argument("--scale-large", type=_positive_int, help="drain_scale: big backlog")
     g.add_argument("--scale-finished", type=_positive_int, help="drain_scale: finished rows")
     g.add_argument(
+        "--scale-rounds", type=_positive_int, help="drain_scale: measured rounds (median)"
+    )
+    g.add_argument(
         "--timeout",
         type=_positive_float,
         help="seconds any single wait or loop may take before the run fails",
@@ -302,7 +315,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     def pick(value: T | None, default: T) -> T:
         return default if value is None else value
 
-    return Config(
+    return RunConfig(
         mode=mode,
         dsn=dsn,
         fast_durability=a.fast_durability,
@@ -325,6 +338,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         scale_small=pick(a.scale_small, sizes.scale_small),
         scale_large=pick(a.scale_large, sizes.scale_large),
         scale_finished=pick(a.scale_finished, sizes.scale_finished),
+        scale_rounds=pick(a.scale_rounds, sizes.scale_rounds),
         tuning=Tuning(
             drain_processes=a.workers,
             aq_concurrency=a.concurrency,
@@ -431,7 +445,7 @@ class Server:
 
 
 @contextmanager
-def server(cfg: Config) -> Iterator[Server]:
+def server(cfg: RunConfig | ServerOptions) -> Iterator[Server]:
     """The DSN's server, else a throwaway embedded one (stopped and deleted at the end)."""
     if cfg.dsn:
         yield Server(cfg.dsn, redact_dsn(cfg.dsn))
@@ -595,7 +609,7 @@ def enqueue_bulk(prod: Producer, total: int, chunk: int, timeout_s: float, start
         check_elapsed(started, timeout_s, "the bulk enqueue")
 
 
-def scenario_enqueue(cfg: Config, system: System, dsn: str, log_dir: Path) -> list[Sample]:
+def scenario_enqueue(cfg: RunConfig, system: System, dsn: str, log_dir: Path) -> list[Sample]:
     """Producer throughput: the bulk API in chunks, and one commit per task."""
     client = with_timeouts(dsn, cfg.timeout_s)
     with opened(system.producer(client, cfg.timeout_s)) as prod:
@@ -624,7 +638,7 @@ def scenario_enqueue(cfg: Config, system: System, dsn: str, log_dir: Path) -> li
     ]
 
 
-def scenario_drain(cfg: Config, system: System, dsn: str, log_dir: Path) -> list[Sample]:
+def scenario_drain(cfg: RunConfig, system: System, dsn: str, log_dir: Path) -> list[Sample]:
     """Consumer throughput of the system's own worker processes, no-op handlers."""
     n = cfg.drain_tasks
     client = with_timeouts(dsn, cfg.timeout_s)
@@ -664,7 +678,7 @@ def scenario_drain(cfg: Config, system: System, dsn: str, log_dir: Path) -> list
     ]
 
 
-def scenario_latency(cfg: Config, system: System, dsn: str, log_dir: Path) -> list[Sample]:
+def scenario_latency(cfg: RunConfig, system: System, dsn: str, log_dir: Path) -> list[Sample]:
     """How long after its enqueue call a task starts in one idle worker, at a steady rate."""
     n = cfg.latency_tasks
     client = with_timeouts(dsn, cfg.timeout_s)
@@ -738,7 +752,7 @@ def scenario_latency(cfg: Config, system: System, dsn: str, log_dir: Path) -> li
     ]
 
 
-PerSystemRunner = Callable[[Config, System, str, Path], list[Sample]]
+PerSystemRunner = Callable[[RunConfig, System, str, Path], list[Sample]]
 PER_SYSTEM_RUNNERS: dict[str, PerSystemRunner] = {
     "enqueue": scenario_enqueue,
     "drain": scenario_drain,
@@ -760,7 +774,7 @@ def db_counters(admin_dsn: str, names: Sequence[str]) -> dict[str, tuple[int, in
 
 
 def wait_warmed_up(
-    cfg: Config, system: System, dsn: str, probe: Path, workers: WorkerGroup
+    cfg: RunConfig, system: System, dsn: str, probe: Path, workers: WorkerGroup
 ) -> None:
     with connect(with_timeouts(dsn, cfg.timeout_s)) as conn:
 
@@ -777,7 +791,7 @@ def wait_warmed_up(
 
 
 def scenario_idle(
-    cfg: Config, systems: Sequence[System], admin_dsn: str, log_dir: Path
+    cfg: RunConfig, systems: Sequence[System], admin_dsn: str, log_dir: Path
 ) -> dict[str, list[Sample]]:
     """All systems' idle workers at once, each alone in its database: RSS and DB load."""
     with ExitStack() as stack:
@@ -826,7 +840,7 @@ BOUND_SIZE = 100  # a bounded queue as the profiles configure them (20, 50, 100)
 BOUND_BACKLOG = 50  # live tasks kept in each queue while measuring: half full
 
 
-def scenario_bound(cfg: Config, dsn: str) -> list[Sample]:
+def scenario_bound(cfg: RunConfig, dsn: str) -> list[Sample]:
     """What a bound costs an insert: the same single-row INSERTs into an unbounded queue and
     into a half-full bounded one (the trigger then takes the queue's lock and counts its live
     tasks). Each inserted task is finished right away, outside the timing, so the backlog
@@ -841,7 +855,7 @@ def scenario_bound(cfg: Config, dsn: str) -> list[Sample]:
         for queue in ("default", "bounded"):
             conn.execute(
                 "INSERT INTO angela_queue.tasks (kind, queue)"
-                " SELECT 'bench.noop', %s FROM generate_series(1, %s)",
+                " SELECT 'bench.noop', %s FROM generate_series(1, %s::int)",
                 (queue, BOUND_BACKLOG),
             )
         conn.execute("ANALYZE angela_queue.tasks")
@@ -870,6 +884,7 @@ def scenario_bound(cfg: Config, dsn: str) -> list[Sample]:
     ]
 
 
+SCALE_WARMUP_ROUNDS = 1  # drain_scale rounds not counted: caches are cold at first
 FILL_CHUNK = 250_000  # rows per INSERT … SELECT while filling drain_scale's big table
 
 
@@ -880,7 +895,7 @@ def fill_finished(conn: psycopg.Connection[Any], total: int, timeout_s: float) -
     template = min(1_000, total)
     conn.execute(
         "INSERT INTO angela_queue.tasks (kind, payload)"
-        " SELECT 'bench.noop', jsonb_build_object('n', g) FROM generate_series(1, %s) g",
+        " SELECT 'bench.noop', jsonb_build_object('n', g) FROM generate_series(1, %s::int) g",
         (template,),
     )
     conn.execute(
@@ -920,14 +935,14 @@ def fill_pending(conn: psycopg.Connection[Any], total: int, timeout_s: float) ->
     started = time.perf_counter()
     for first in range(0, total, FILL_CHUNK):
         conn.execute(
-            "INSERT INTO angela_queue.tasks (kind, payload)"
-            " SELECT 'bench.noop', jsonb_build_object('n', g) FROM generate_series(%s, %s) g",
+            "INSERT INTO angela_queue.tasks (kind, payload) SELECT 'bench.noop',"
+            " jsonb_build_object('n', g) FROM generate_series(%s::int, %s::int) g",
             (first, min(total, first + FILL_CHUNK) - 1),
         )
         check_elapsed(started, timeout_s, "filling pending tasks")
 
 
-def drain_some(cfg: Config, dsn: str, log_dir: Path, count: int) -> float:
+def drain_some(cfg: RunConfig, dsn: str, log_dir: Path, count: int) -> float:
     """Start the drain workers on the paused queue, wait until every one is idle and
     listening, unpause (with a NOTIFY, which wakes them together), and run until ``count``
     more tasks finished. The rate is by the database's clock: tasks finished ÷ (last
@@ -996,24 +1011,27 @@ def workers_ready(conn: psycopg.Connection[Any], pids: Sequence[int]) -> bool:
     return row is not None and row[0] >= len(pids) and row[1] >= len(pids)
 
 
-def scenario_drain_scale(cfg: Config, admin_dsn: str, log_dir: Path) -> list[Sample]:
+def scenario_drain_scale(cfg: RunConfig, admin_dsn: str, log_dir: Path) -> list[Sample]:
     """Drain rate of the same number of tasks from a small backlog and from a big one with
     millions of finished rows beside it. Each table is built once; every round drains
-    ``scale_small`` tasks (the small table is refilled each round), see ``drain_some``."""
+    ``scale_small`` tasks (the small table is refilled each round), see ``drain_some``;
+    ``scale_rounds`` rounds are measured (medians; ``--repeat`` does not apply) after one
+    that is not."""
     small = cfg.scale_small
     timeout = cfg.timeout_s
     samples: list[Sample] = []
     with fresh_database(admin_dsn, "scale_small") as dsn:
         app = App(Settings(dsn=with_timeouts(dsn, timeout)))
         try:
-            for _ in range(cfg.repeat):
+            for round_ in range(SCALE_WARMUP_ROUNDS + cfg.scale_rounds):
                 app.enqueue_many(
                     [{"kind": "bench.noop", "payload": {"n": i}} for i in range(small)]
                 )
                 with connect(with_timeouts(dsn, timeout)) as conn:
                     conn.execute("ANALYZE angela_queue.tasks")
                 rate = drain_some(cfg, dsn, log_dir, small)
-                samples.append(Sample("small", f"drain, {small:,} pending", rate, "tasks/s"))
+                if round_ >= SCALE_WARMUP_ROUNDS:
+                    samples.append(Sample("small", f"drain, {small:,} pending", rate, "tasks/s"))
         finally:
             app.close()
     label = f"drain, {cfg.scale_large:,} pending + {cfg.scale_finished:,} finished"
@@ -1024,15 +1042,17 @@ def scenario_drain_scale(cfg: Config, admin_dsn: str, log_dir: Path) -> list[Sam
             fill_pending(conn, cfg.scale_large, timeout * 10)
             conn.execute("VACUUM (ANALYZE) angela_queue.tasks")
         print(f"  [drain_scale] big table built in {time.perf_counter() - started:.0f} s")
-        for _ in range(cfg.repeat):
-            samples.append(Sample("large", label, drain_some(cfg, dsn, log_dir, small), "tasks/s"))
+        for round_ in range(SCALE_WARMUP_ROUNDS + cfg.scale_rounds):
+            rate = drain_some(cfg, dsn, log_dir, small)
+            if round_ >= SCALE_WARMUP_ROUNDS:  # the first round reads a cold table
+                samples.append(Sample("large", label, rate, "tasks/s"))
     return samples
 
 
 # -- report ---------------------------------------------------------------------------------
 
 
-def describe(cfg: Config, scenario: str) -> str:
+def describe(cfg: RunConfig, scenario: str) -> str:
     """What a scenario measured, in one line, for the report."""
     if scenario == "enqueue":
         return (
@@ -1068,7 +1088,8 @@ def describe(cfg: Config, scenario: str) -> str:
             f"{BOUND_SIZE}"
         )
     return (
-        f"{cfg.tuning.drain_processes} angela-queue workers drain {cfg.scale_small:,} tasks: "
+        f"{cfg.tuning.drain_processes} angela-queue workers drain {cfg.scale_small:,} tasks, "
+        f"{cfg.scale_rounds} measured rounds after an unmeasured one: "
         f"from a table holding just those, and from one holding {cfg.scale_large:,} pending "
         f"and {cfg.scale_finished:,} finished tasks (vacuumed); the workers start on the "
         "paused queue, which is unpaused once they are all idle and listening; rate by the "
@@ -1107,7 +1128,7 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def machine_facts(srv: Server, cfg: Config) -> dict[str, str]:
+def machine_facts(srv: Server, cfg: RunConfig) -> dict[str, str]:
     values: dict[str, str] = {}
     with connect(srv.dsn) as conn:
         for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes"):
@@ -1154,7 +1175,7 @@ def fmt(value: float, unit: str) -> str:
 class Report:
     """Everything a run produced, ready to print or write."""
 
-    cfg: Config
+    cfg: RunConfig
     metrics: list[Metric]
     facts: dict[str, str]
     command: str
@@ -1392,7 +1413,7 @@ def write_results(r: Report) -> list[Path]:
 # -- main -----------------------------------------------------------------------------------
 
 
-def available_systems(cfg: Config) -> tuple[list[System], dict[str, str]]:
+def available_systems(cfg: RunConfig) -> tuple[list[System], dict[str, str]]:
     systems: list[System] = []
     skipped: dict[str, str] = {}
     for key in cfg.systems:
@@ -1405,7 +1426,7 @@ def available_systems(cfg: Config) -> tuple[list[System], dict[str, str]]:
     return systems, skipped
 
 
-def run(cfg: Config, log_dir: Path, report: Report) -> None:
+def run(cfg: RunConfig, log_dir: Path, report: Report) -> None:
     metrics: dict[tuple[str, str, str], Metric] = {}
 
     def record(scenario: str, system: str, samples: list[Sample], attempt: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any, LiteralString
 import psycopg
 
 from angela_queue.sql import QUERIES
-from scripts.bench import BenchError, Config, first_line, fresh_database, server
+from scripts.bench import BenchError, ServerOptions, first_line, fresh_database, server
 
 TARGET_MS = 50.0
 READS: dict[str, LiteralString] = {
@@ -145,7 +145,7 @@ def measure(dsn: str, a: argparse.Namespace) -> dict[str, list[float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
-    cfg = Config(a.dsn, False, (), 1, None, 0, 0, 0, 0, 0, 0, "async", 0, 0.0, 0, 0, 600.0)
+    cfg = ServerOptions(a.dsn)
     try:
         with server(cfg) as srv, fresh_database(srv.dsn, "views") as dsn:
             print(f"server: {srv.label}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from scripts.bench import Config, fresh_database, server
+from scripts.bench import ServerOptions, fresh_database, server
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "dashboard.png"
@@ -74,7 +74,7 @@ SEED = [
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    cfg = Config(None, True, (), 1, None, 0, 0, 0, 0, 0, 0, "async", 0, 0.0, 0, 0, 120.0)
+    cfg = ServerOptions(None, fast_durability=True)
     with server(cfg) as srv, fresh_database(srv.dsn, "shot") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             for statement in SEED:
