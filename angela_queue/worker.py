@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,7 +51,6 @@ from angela_queue.watchdog import (
 
 log = logging.getLogger("angela_queue.worker")
 
-PROMOTE_EVERY_S = 0.25
 TASK_THREAD_PREFIX = "angela-queue-task"
 BUSY_PENDING = 20
 NORMAL_PENDING = 5
@@ -228,7 +226,6 @@ class Worker:
     async def _loop(
         self, conn: psycopg.AsyncConnection[Any], runner: TaskRunner
     ) -> psycopg.AsyncConnection[Any]:
-        last_promote = 0.0
         backoff = 0.1
         while not self._stopping.is_set():
             try:
@@ -237,12 +234,9 @@ class Worker:
                 if self._reconnected:
                     await self._release_unknown(store)
                 await self._flush(store)
-                if time.monotonic() - last_promote >= PROMOTE_EVERY_S:
-                    last_promote = time.monotonic()
-                    await store.task_promote_due()
                 free = self.concurrency - len(self._running)
                 claimed: list[Task] = []
-                if free > 0:
+                if free > 0:  # the claim also promotes scheduled tasks that fell due
                     claimed = await store.task_claim(
                         self.worker_id or 0, self.queues, self.kinds, free
                     )
@@ -257,7 +251,11 @@ class Worker:
                 if free <= 0:
                     await self._wait(None)  # every slot busy: a finished task wakes us
                     continue
-                pending = await store.queue_count_ready(self.queues, BUSY_PENDING + 1)
+                # The claim took every claimable task: none left means the idle interval; a
+                # partial claim means others hold the rest, so count how busy the queues are.
+                pending = (
+                    await store.queue_count_ready(self.queues, BUSY_PENDING + 1) if claimed else 0
+                )
                 await self._wait(
                     poll_interval(
                         pending,

@@ -55,7 +55,18 @@ RETURNING name, max_size, overflow_policy, drop_below_priority, aging_rate, paus
 -- the pending set is never sorted: only the few candidates are merged, by effective
 -- priority at this instant (queues may age at different rates). SKIP LOCKED lets many
 -- workers claim at once without waiting on each other.
-WITH candidates AS (
+-- The same round trip promotes scheduled tasks that fell due (as task_promote_due does):
+-- they become claimable from the next claim on, and the NOTIFY brings it at once.
+WITH promoted AS (
+    UPDATE angela_queue.tasks t SET ready = true
+      FROM (SELECT id FROM angela_queue.tasks
+             WHERE status = 'pending' AND NOT ready AND run_at <= now()
+             ORDER BY run_at
+             LIMIT 1000
+               FOR UPDATE SKIP LOCKED) due
+     WHERE t.id = due.id
+    RETURNING pg_notify('angela_queue', t.queue)
+), candidates AS (
     SELECT c.id,
            q.aging_rate * angela_queue.epoch_minutes(coalesce(%(now)s::timestamptz, now()))
                - c.sort_key AS effective_priority

@@ -184,7 +184,10 @@ def test_claim_plan_walks_the_index_and_never_sorts_the_pending_set(dsn, conn):
     assert task_scans, "the plan reads no tasks?"
     for node, path in task_scans:
         assert node["Node Type"] in ("Index Scan", "Index Only Scan"), node["Node Type"]
-        assert node["Index Name"] in ("tasks_claim_idx", "tasks_pkey"), node["Index Name"]
+        # tasks_scheduled_idx: the claim's promotion of scheduled tasks that fell due.
+        assert node["Index Name"] in ("tasks_claim_idx", "tasks_pkey", "tasks_scheduled_idx"), node[
+            "Index Name"
+        ]
         if node["Index Name"] == "tasks_claim_idx":
             # Between the last Sort above this scan and the scan, a Limit caps the rows:
             # the sort only ever merges a few candidates, never the pending set.
@@ -199,3 +202,18 @@ def walk(node: dict[str, Any], path: list[dict[str, Any]]):
     yield node, path
     for child in node.get("Plans", []):
         yield from walk(child, [*path, node])
+
+
+def test_the_claim_promotes_due_scheduled_tasks_for_the_next_claim(dsn, conn):
+    soon = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, run_at) VALUES"
+        " ('a.b', now() + interval '200 milliseconds') RETURNING id"
+    ).fetchone()[0]
+    assert claim(dsn, 5) == []
+    asyncio.run(asyncio.sleep(0.3))
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN angela_queue")
+        assert claim(dsn, 5) == []  # promoted now, claimable from the next claim on …
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.payload for n in notes] == ["default"]  # … which the NOTIFY brings at once
+    assert [t.id for t in claim(dsn, 5)] == [soon]
