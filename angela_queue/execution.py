@@ -66,8 +66,7 @@ class TaskRunner:
         except TimeoutError:
             return self.failure(task, f"TimeoutError: handler exceeded timeout_s={task.timeout_s}")
         except Exception as exc:
-            text = "".join(traceback.format_exception(exc))
-            return self.failure(task, text[-MAX_ERROR_CHARS:])
+            return self.failure(task, _error_text(exc))
 
     async def run_batch(self, handler: Handler, batch: list[Task]) -> list[Outcome]:
         """Run a batch handler on ``batch``; one Outcome per task, in order.
@@ -96,7 +95,7 @@ class TaskRunner:
                 for t in batch
             ]
         except Exception as exc:
-            text = "".join(traceback.format_exception(exc))[-MAX_ERROR_CHARS:]
+            text = _error_text(exc)
             return [self.failure(t, text) for t in batch]
 
     def released(self, task: Task, reason: str) -> Outcome:

@@ -115,10 +115,6 @@ class Settings:
             values.update(source)
         return cls(**_coerce_all(values))
 
-    def redacted_dsn(self) -> str:
-        """The DSN with any password hidden, for logs and output."""
-        return redact_dsn(self.dsn) if self.dsn else "(embedded)"
-
 
 def redact_dsn(dsn: str) -> str:
     """Hide the password of a URI or key=value DSN."""

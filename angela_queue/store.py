@@ -17,14 +17,12 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
-from angela_queue import errors
 from angela_queue.sql import QUERIES as Q
 from angela_queue.store_admin import AdminQueries
 from angela_queue.store_errors import translate_errors
 from angela_queue.types import EnqueueRequest, Task
 
 NOTIFY_CHANNEL = "angela_queue"
-COPY_COLUMNS = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +164,6 @@ class TaskStore(AdminQueries):
             row = self.conn.execute(Q["database_now"]).fetchone()
         assert row is not None
         return row[0]  # type: ignore[no-any-return]
-
-    def task_get(self, task_id: int) -> dict[str, Any]:
-        with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(Q["task_get"], {"id": task_id}).fetchone()
-        if row is None:
-            raise errors.TaskNotFound(task_id)
-        return row
 
     def queue_get(self, name: str) -> dict[str, Any] | None:
         with translate_errors(), self.conn.cursor(row_factory=dict_row) as cur:

@@ -93,7 +93,6 @@ class Worker:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._running: dict[int, asyncio.Task[None]] = {}
         self._outcomes: list[Outcome] = []
-        self._stop_reason = ""
         self._exit_codes: set[int] = set()
         self._heart: Heartbeater | None = None
         self._reconnected = False
@@ -116,7 +115,6 @@ class Worker:
                 reason,
                 extra={"event": "worker_stopping", "worker_id": self.worker_id, "reason": reason},
             )
-            self._stop_reason = reason
         if exit_code != EXIT_OK and exit_code not in self._exit_codes:
             hard_exit_after(self.settings.shutdown_grace_s + HARD_EXIT_MARGIN_S, exit_code, reason)
         self._exit_codes.add(exit_code)
@@ -320,13 +318,18 @@ class Worker:
             raise
         finally:
             self._record(task, outcome)
-            lingering = runner.lingering.pop(task.id, None)
-            try:
-                if lingering is not None and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    await self._wait_lingering(task, lingering)
-            finally:
-                self._running.pop(task.id, None)
-                self._wake.set()
+            await self._free_slot(runner, task)
+
+    async def _free_slot(self, runner: TaskRunner, task: Task) -> None:
+        """Give back the slot of ``task`` (a batch's first task for a batch), once a sync
+        handler that outlived its timeout has returned."""
+        lingering = runner.lingering.pop(task.id, None)
+        try:
+            if lingering is not None and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                await self._wait_lingering(task, lingering)
+        finally:
+            self._running.pop(task.id, None)
+            self._wake.set()
 
     def _notified(self) -> None:
         self._wake.set()
@@ -362,13 +365,7 @@ class Worker:
             for task, outcome in zip(batch, outcomes, strict=True):
                 self._record(task, outcome)
             self.counters.batch_ran(len(batch))
-            lingering = runner.lingering.pop(batch[0].id, None)
-            try:
-                if lingering is not None and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    await self._wait_lingering(batch[0], lingering)
-            finally:
-                self._running.pop(batch[0].id, None)
-                self._wake.set()
+            await self._free_slot(runner, batch[0])
 
     async def _claim_mates(self, queue: str, kind: str, batch_key: str, limit: int) -> list[Task]:
         if self._conn is None:

@@ -142,12 +142,6 @@ WITH failed AS (
 )
 SELECT id, status FROM failed, (SELECT count(*) FROM freed) AS notified;
 
--- name: task_get
-SELECT id, queue, kind, payload, priority, boost, tier, status, attempts, max_attempts,
-       enqueued_at, run_at, deadline_at, started_at, finished_at, worker_id, last_error,
-       result, batch_key, dedupe_key, timeout_s
-  FROM angela_queue.tasks WHERE id = %(id)s;
-
 -- name: task_get_live_by_dedupe_key
 SELECT id FROM angela_queue.tasks
  WHERE dedupe_key = %(dedupe_key)s AND status IN ('pending', 'running');
