@@ -20,8 +20,9 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -34,6 +35,7 @@ from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
 from angela_queue.listener import listen as listen_for_work
 from angela_queue.reaper import Reaper, ReaperConfig
+from angela_queue.sql import QUERIES as Q
 from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
 from angela_queue.types import Task
 from angela_queue.watchdog import (
@@ -310,13 +312,15 @@ class Worker:
         )
 
     async def _execute(self, runner: TaskRunner, task: Task) -> None:
-        outcome: Outcome | None = runner.failure(task, "worker error: the handler never returned")
+        outcome: Outcome | Literal[False] | None = False  # False: the handler never returned
         try:
             outcome = await runner.run(self.app.registry.get(task.kind), task)
         except asyncio.CancelledError:
             outcome = runner.released(task, "Released: the worker shut down before it finished")
             raise
         finally:
+            if outcome is False:
+                outcome = runner.failure(task, "worker error: the handler never returned")
             self._record(task, outcome)
             await self._free_slot(runner, task)
 
@@ -470,13 +474,29 @@ class Worker:
         )
 
 
-async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (a dependency on Linux and macOS): the event loop's own
+    cost per task is a large part of a no-op task's; None means asyncio's default loop."""
     try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return uvloop.new_event_loop
+
+
+async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+    """The loop's connection. Its statements are prepared and always run with their
+    generic plan: planning the claim costs more than running it, and every statement here
+    has a plan that does not depend on its parameters (see task_claim in queries.sql)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
         from angela_queue.settings import redact_dsn
 
         raise errors.DatabaseError(f"cannot connect to {redact_dsn(dsn)}") from exc
+    if conn.prepare_threshold is not None:
+        await conn.execute(Q["session_generic_plans"])
+    return conn
 
 
 def run_worker(
@@ -497,7 +517,8 @@ def run_worker(
             loop.add_signal_handler(sig, worker.request_stop, f"signal {sig.name}")
         await worker.run()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())
     if any(t.name.startswith(TASK_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()):
         # A sync handler that cannot be interrupted is still running; its task was released.
         # Exiting now, rather than joining it, keeps the shutdown bounded.

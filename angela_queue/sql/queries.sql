@@ -94,7 +94,9 @@ UPDATE angela_queue.tasks t
        started_at = coalesce(%(now)s::timestamptz, now()),
        first_started_at = coalesce(t.first_started_at, %(now)s::timestamptz, now())
   FROM candidates c
- WHERE t.id = c.id
+ -- = ANY(ARRAY(…)) keeps the plan an index scan of the few candidates even when it is the
+ -- generic plan of a prepared statement, which cannot know how small %(limit)s is.
+ WHERE t.id = ANY(ARRAY(SELECT id FROM candidates)) AND t.id = c.id
 RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
           t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
           t.dedupe_key, t.timeout_s, c.effective_priority, t.worker_id;
@@ -377,6 +379,11 @@ RETURNING id;
 -- name: task_status_many
 SELECT id, status FROM angela_queue.tasks WHERE id = ANY(%(ids)s::bigint[]);
 
+-- name: session_generic_plans
+-- The worker loop's connection: prepared statements keep their generic plan instead of
+-- being planned anew at each call (see task_claim). Not used when prepares are off.
+SET plan_cache_mode = force_generic_plan;
+
 -- name: session_set_overflow
 -- 'skip': a bounded queue's rejection skips the row instead of failing the statement (the
 -- bulk client then reports it); '' restores the default. Local to the transaction.
@@ -441,7 +448,7 @@ UPDATE angela_queue.tasks t
        started_at = now(),
        first_started_at = coalesce(t.first_started_at, now())
   FROM mates m
- WHERE t.id = m.id
+ WHERE t.id = ANY(ARRAY(SELECT id FROM mates)) AND t.id = m.id  -- see task_claim
 RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
           t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
           t.dedupe_key, t.timeout_s, m.effective_priority, t.worker_id;

@@ -217,3 +217,45 @@ def test_the_claim_promotes_due_scheduled_tasks_for_the_next_claim(dsn, conn):
         notes = list(listener.notifies(timeout=2, stop_after=1))
     assert [n.payload for n in notes] == ["default"]  # … which the NOTIFY brings at once
     assert [t.id for t in claim(dsn, 5)] == [soon]
+
+
+def test_the_worker_connection_claims_with_a_generic_plan_that_scans_no_table(dsn, conn):
+    """The worker's loop connection keeps prepared statements on their generic plan
+    (worker._connect); the claim's generic plan must still read tasks by index only."""
+    from angela_queue.worker import _connect
+
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'a.b' FROM generate_series(1, 5000)")
+    conn.execute("ANALYZE angela_queue.tasks")
+
+    async def go() -> tuple[int, int, int]:
+        c = await _connect(dsn)
+        try:
+            c.prepare_threshold = 0  # prepared from the first call
+            await c.set_autocommit(False)
+            store = AsyncTaskStore(c)
+            claimed = 0
+            for _ in range(3):
+                claimed += len(await store.task_claim(1, ["default"], ["a.b"], 10))
+            cur = await c.execute(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables"
+                " WHERE schemaname = 'angela_queue' AND relname = 'tasks'"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            seq_scans = int(row[0])
+            cur = await c.execute(
+                "SELECT generic_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%%WITH promoted AS%%'"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            generic = int(row[0])
+            await c.rollback()
+            return claimed, seq_scans, generic
+        finally:
+            await c.close()
+
+    claimed, seq_scans, generic_plans = asyncio.run(go())
+    assert claimed == 30
+    assert generic_plans == 3
+    assert seq_scans == 0

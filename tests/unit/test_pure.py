@@ -64,3 +64,17 @@ def test_registry_refuses_bad_and_duplicate_kinds_and_suggests_names():
 
 def test_error_defaults_to_its_docstring():
     assert str(errors.SchemaError()).startswith("The database schema is missing")
+
+
+def test_workers_run_on_uvloop_where_it_is_installed():
+    import sys
+
+    from angela_queue.worker import event_loop_factory
+
+    factory = event_loop_factory()
+    if sys.platform == "win32":
+        assert factory is None
+    else:
+        import uvloop
+
+        assert factory is uvloop.new_event_loop
