@@ -485,10 +485,9 @@ WITH b AS (
            (SELECT array_agg(-x ORDER BY x DESC)
               FROM unnest(%(processing_bounds)s::float8[]) x) AS pneg
 ), samples AS (
-    SELECT t.queue, t.tier, 'wait' AS metric,
-           extract(epoch FROM t.first_started_at - t.aging_from)::float8 AS value
-      FROM angela_queue.tasks t
-     WHERE t.first_started_at > now() - interval '1 hour'
+    SELECT f.queue, f.tier, 'wait' AS metric,
+           extract(epoch FROM f.first_started_at - f.aging_from)::float8 AS value
+      FROM angela_queue.first_starts_1h f
     UNION ALL
     SELECT t.queue, t.tier, 'processing',
            extract(epoch FROM t.finished_at - t.started_at)::float8

@@ -162,3 +162,31 @@ def test_scheduled_insert_does_not_notify(dsn, conn):
         )
         notes = list(listener.notifies(timeout=0.3))
     assert notes == []
+
+
+def test_tasks_table_storage_is_tuned_for_a_queue(conn):
+    """Migration 0009: room on each page for the claim's and finish's row versions, and
+    autovacuum after 2 % of the rows changed rather than 20 %."""
+    options = conn.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = 'angela_queue.tasks'::regclass"
+    ).fetchone()[0]
+    assert set(options) == {
+        "fillfactor=80",
+        "autovacuum_vacuum_scale_factor=0.02",
+        "autovacuum_vacuum_threshold=1000",
+        "autovacuum_vacuum_insert_scale_factor=0.02",
+        "autovacuum_analyze_scale_factor=0.02",
+        "autovacuum_vacuum_cost_delay=1",
+    }
+
+
+def test_claim_and_finish_maintain_no_first_start_index(conn):
+    indexes = {
+        r[0]
+        for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'angela_queue'"
+            " AND tablename = 'tasks'"
+        )
+    }
+    assert "tasks_first_started_at_idx" not in indexes
+    assert "tasks_retrying_idx" in indexes

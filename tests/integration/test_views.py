@@ -169,3 +169,41 @@ def test_monitor_role_can_read_the_views_and_nothing_else(conn):
         conn.execute("RESET ROLE")
     row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (MONITOR,))
     assert row.fetchone() == (False,)
+
+
+def test_first_starts_1h_holds_each_task_first_started_in_the_last_hour_once(conn):
+    """The view that replaced tasks_first_started_at_idx (migration 0009) must count what
+    a plain filter on first_started_at counts, whatever state the task is in now."""
+    rows = [
+        # (status, ready, first started minutes ago, finished minutes ago)
+        ("succeeded", True, 10, 9),
+        ("failed", True, 50, 5),
+        ("cancelled", True, 30, 20),
+        ("running", True, 5, None),
+        ("pending", True, 20, None),  # a retry, due
+        ("pending", False, 40, None),  # a retry, scheduled
+        ("succeeded", True, 90, 30),  # first started before the hour: not counted
+        ("running", True, 120, None),  # idem
+        ("pending", True, None, None),  # never started
+        ("succeeded", True, 70, 50),  # idem, finished within the hour
+    ]
+    for status, ready, started_ago, finished_ago in rows:
+        task_id = conn.execute(
+            "INSERT INTO angela_queue.tasks (kind) VALUES ('a.b') RETURNING id"
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE angela_queue.tasks SET status = %s, ready = %s,"
+            " first_started_at = now() - make_interval(mins => %s),"
+            " started_at = now() - make_interval(mins => %s),"
+            " finished_at = now() - make_interval(mins => %s),"
+            " worker_id = CASE WHEN %s = 'running' THEN 1 END WHERE id = %s",
+            (status, ready, started_ago, started_ago, finished_ago, status, task_id),
+        )
+    expected = conn.execute(
+        "SELECT count(*) FROM angela_queue.tasks WHERE first_started_at > now() - interval '1 hour'"
+    ).fetchone()[0]
+    assert expected == 6
+    assert conn.execute("SELECT count(*) FROM angela_queue.first_starts_1h").fetchone()[0] == 6
+    started = conn.execute("SELECT sum(started_1h) FROM angela_queue.queue_stats").fetchone()[0]
+    assert started == 6
+    assert conn.execute("SELECT sum(started_1h) FROM angela_queue.tier_slo").fetchone()[0] == 6
