@@ -283,7 +283,11 @@ def parse_args(argv: Sequence[str] | None) -> RunConfig:
         "--workers", type=_positive_int, default=2, help="drain processes (not plain SQL: 1)"
     )
     t.add_argument(
-        "--concurrency", type=_positive_int, default=32, help="angela-queue tasks at once"
+        "--concurrency",
+        type=_positive_int,
+        default=100,
+        help="angela-queue tasks at once per process, hence rows per claim (as PGQueuer's"
+        " batch and the plain-SQL loop's 100)",
     )
     t.add_argument("--pgq-batch-size", type=_positive_int, default=100, help="PGQueuer batch")
     t.add_argument(
