@@ -230,13 +230,13 @@ class App:
         *,
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[Enqueued]:
-        """Enqueue many tasks in one transaction with COPY; reports each task, in order.
+        """Enqueue many tasks in one statement and transaction; reports each task, in order.
 
         Items are ``EnqueueRequest`` or mappings with the same keys (``kind`` required).
         Each result has the task's ``id`` and a ``status``: ``queued``, ``dropped`` (a full
         bounded queue kept it as dropped) or ``rejected`` (a full bounded queue refused it;
         no id). An invalid task rejects the whole batch. Tasks with a ``dedupe_key`` take a
-        row-by-row path (COPY cannot skip duplicates). Bulk enqueue never waits for room.
+        row-by-row path (a duplicate is skipped row by row). Bulk enqueue never waits for room.
         """
         reqs = [self._as_request(i) for i in items]
         if not reqs:

@@ -92,18 +92,19 @@ def insert_many(conn: psycopg.Connection[Any], reqs: Sequence[EnqueueRequest]) -
     store = TaskStore(conn)
     store.session_set_overflow("skip")  # undone with the transaction when anything fails
     if any(r.dedupe_key is not None for r in reqs):
-        ids: list[int | None] = [_insert_or_none(store, r) for r in reqs]
+        ids = [_insert_or_none(store, r) for r in reqs]
+        statuses = store.task_status_many([i for i in ids if i is not None])
+        placed = {k: (i, statuses[i]) for k, i in enumerate(ids) if i in statuses}
     else:
-        ids = list(store.task_insert_many_copy(reqs))
-    statuses = store.task_status_many([i for i in ids if i is not None])
+        placed = store.task_insert_many(reqs)
     store.session_set_overflow("")  # the caller's own later inserts fail loudly again
-    return [_outcome(i, statuses) for i in ids]
+    return [_outcome(placed.get(k)) for k in range(len(reqs))]
 
 
-def _outcome(task_id: int | None, statuses: dict[int, str]) -> Enqueued:
-    status = statuses.get(task_id) if task_id is not None else None
-    if status is None:
+def _outcome(placed: tuple[int, str] | None) -> Enqueued:
+    if placed is None:
         return Enqueued(None, "rejected")
+    task_id, status = placed
     return Enqueued(task_id, "dropped" if status == "dropped" else "queued")
 
 

@@ -68,21 +68,19 @@ def insert_params(req: EnqueueRequest) -> dict[str, Any]:
     }
 
 
-def copy_row(task_id: int, req: EnqueueRequest) -> tuple[Any, ...]:
-    """One COPY row of task_insert_many_copy (pure)."""
-    return (
-        task_id,
-        req.queue,
-        req.kind,
-        Jsonb(req.payload),
-        req.priority,
-        req.run_at,
-        req.enqueued_at,
-        req.max_attempts,
-        req.timeout_s,
-        req.batch_key,
-        req.dedupe_key,
-    )
+def insert_many_params(reqs: Sequence[EnqueueRequest]) -> dict[str, Any]:
+    """Parameters of task_insert_many: one array per column, in the order of ``reqs`` (pure)."""
+    return {
+        "queues": [r.queue for r in reqs],
+        "kinds": [r.kind for r in reqs],
+        "payloads": [Jsonb(r.payload) for r in reqs],
+        "priorities": [r.priority for r in reqs],
+        "run_ats": [r.run_at for r in reqs],
+        "enqueued_ats": [r.enqueued_at for r in reqs],
+        "max_attempts": [r.max_attempts for r in reqs],
+        "timeouts": [r.timeout_s for r in reqs],
+        "batch_keys": [r.batch_key for r in reqs],
+    }
 
 
 def complete_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -138,17 +136,13 @@ class TaskStore(AdminQueries):
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def task_insert_many_copy(self, reqs: Sequence[EnqueueRequest]) -> list[int]:
-        """Insert many tasks with COPY; returns their ids in order."""
+    def task_insert_many(self, reqs: Sequence[EnqueueRequest]) -> dict[int, tuple[int, str]]:
+        """Insert many tasks in one statement (no dedupe keys). Returns, by position in
+        ``reqs``, the task's id and status; a position is missing when a full bounded queue
+        skipped its task (the session's overflow mode 'skip')."""
         with translate_errors(reqs[0].queue if reqs else None):
-            ids = [
-                int(r[0])
-                for r in self.conn.execute(Q["task_reserve_ids"], {"n": len(reqs)}).fetchall()
-            ]
-            with self.conn.cursor().copy(Q["task_insert_many_copy"]) as copy:
-                for task_id, req in zip(ids, reqs, strict=True):
-                    copy.write_row(copy_row(task_id, req))
-        return ids
+            rows = self.conn.execute(Q["task_insert_many"], insert_many_params(reqs)).fetchall()
+        return {int(r[0]) - 1: (int(r[1]), str(r[2])) for r in rows}
 
     def task_complete_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
         """Mark tasks succeeded; returns the ids that were still ours (fencing)."""

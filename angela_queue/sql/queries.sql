@@ -159,11 +159,16 @@ ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('pending', 
 DO NOTHING
 RETURNING id;
 
--- name: task_insert_many_copy
-COPY angela_queue.tasks
-     (id, queue, kind, payload, priority, run_at, enqueued_at, max_attempts, timeout_s,
-      batch_key, dedupe_key)
-FROM STDIN;
+-- name: task_insert_many
+-- A batch priced and inserted by the database in one statement (migration 0010): one array
+-- per column, NULLs for the database's defaults. Rows: position (1-based), id, status.
+-- Binary parameters (%%(…)b): half the client's cost of sending the payloads.
+SELECT ord, id, status
+  FROM angela_queue.task_insert_many(%(queues)b::text[], %(kinds)b::text[],
+                                     %(payloads)b::jsonb[], %(priorities)b::smallint[],
+                                     %(run_ats)b::timestamptz[], %(enqueued_ats)b::timestamptz[],
+                                     %(max_attempts)b::smallint[], %(timeouts)b::integer[],
+                                     %(batch_keys)b::text[]);
 
 -- name: task_promote_due
 -- Scheduled tasks whose run_at has come enter the claim index; the queues that got work
@@ -255,11 +260,6 @@ UPDATE angela_queue.tasks
        last_error = 'Released: the reply to its claim was lost with the connection'
  WHERE status = 'running' AND worker_id = %(worker_id)s AND id <> ALL(%(known_ids)s::bigint[])
 RETURNING id;
-
--- name: task_reserve_ids
--- Ids for a bulk COPY, so that enqueue_many can return them without a round trip per row.
-SELECT nextval(pg_get_serial_sequence('angela_queue.tasks', 'id')) AS id
-  FROM generate_series(1, %(n)s);
 
 -- name: worker_heartbeat
 -- Liveness plus the counters the worker accumulated in memory since the last beat, in one

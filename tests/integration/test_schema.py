@@ -190,3 +190,29 @@ def test_claim_and_finish_maintain_no_first_start_index(conn):
     }
     assert "tasks_first_started_at_idx" not in indexes
     assert "tasks_retrying_idx" in indexes
+
+
+def test_epoch_minutes_is_inlined_and_independent_of_the_time_zone(conn):
+    """Migration 0011: an inlined body, and the same minutes whatever the session's zone."""
+    plan = "\n".join(
+        r[0]
+        for r in conn.execute(
+            "EXPLAIN (VERBOSE, COSTS OFF) SELECT angela_queue.epoch_minutes(now())"
+        )
+    )
+    assert "epoch_minutes" not in plan and "EXTRACT" in plan.upper()
+    samples = (
+        "1970-01-01 00:00:00+00",
+        "2026-03-29 01:59:59.999999+00",  # around a DST change in Europe
+        "2026-11-30 22:49:24.123456+00",
+        "2100-02-28 23:00:00.5+00",
+    )
+    for zone in ("UTC", "Europe/Paris", "America/St_Johns", "Pacific/Kiritimati"):
+        conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+        for ts in samples:
+            got, expected = conn.execute(
+                "SELECT angela_queue.epoch_minutes(%s::timestamptz),"
+                " extract(epoch FROM %s::timestamptz)::double precision / 60",
+                (ts, ts),
+            ).fetchone()
+            assert got == expected, (zone, ts)
