@@ -41,7 +41,7 @@ class WorkerCounters:
     processing_ms_sum: float = 0.0
     batches: int = 0
     batch_tasks: int = 0
-    last_active_at: datetime | None = None
+    last_active_at: float | None = None  # time.time(): cheaper per task than a datetime
     running: dict[int, tuple[float, int]] = field(default_factory=dict)  # id → start, timeout
     stuck: set[int] = field(default_factory=set)  # tasks whose sync thread outlived its timeout
     stopping: bool = False
@@ -51,7 +51,7 @@ class WorkerCounters:
     def started(self, task_id: int, timeout_s: int = 0) -> None:
         with self.lock:
             self.running[task_id] = (time.monotonic(), timeout_s)
-            self.last_active_at = datetime.now(UTC)
+            self.last_active_at = time.time()
 
     def finished(self, task_id: int, succeeded: bool) -> float:
         """Record the end of a task; returns its processing time in ms."""
@@ -63,7 +63,7 @@ class WorkerCounters:
             else:
                 self.failed += 1
             self.processing_ms_sum += elapsed_ms
-            self.last_active_at = datetime.now(UTC)
+            self.last_active_at = time.time()
             return elapsed_ms
 
     def batch_ran(self, size: int) -> None:
@@ -95,7 +95,11 @@ class WorkerCounters:
                 "completed": self.completed,
                 "failed": self.failed,
                 "processing_ms_sum": self.processing_ms_sum,
-                "last_active_at": self.last_active_at,
+                "last_active_at": (
+                    None
+                    if self.last_active_at is None
+                    else datetime.fromtimestamp(self.last_active_at, UTC)
+                ),
                 "batches": self.batches,
                 "batch_tasks": self.batch_tasks,
             }
