@@ -312,6 +312,11 @@ class AsyncTaskStore:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def queue_arm(self, queue: str) -> None:
+        """Ask producers of ``queue`` to NOTIFY (migration 0012); its own transaction."""
+        with translate_errors(queue):
+            await self.conn.execute(Q["queue_arm"], {"queue": queue})
+
     async def queue_listen(self) -> None:
         """Subscribe this connection to the wake-up channel (NOTIFY_CHANNEL)."""
         await self.conn.execute(Q["queue_listen"])

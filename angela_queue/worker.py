@@ -98,6 +98,7 @@ class Worker:
         self._exit_codes: set[int] = set()
         self._heart: Heartbeater | None = None
         self._reconnected = False
+        self._armed = False  # True: its queues are flagged "a worker waits" (see _loop)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -251,6 +252,13 @@ class Worker:
                 if free <= 0:
                     await self._wait(None)  # every slot busy: a finished task wakes us
                     continue
+                if self.listen and not self._armed:
+                    # About to sleep: ask producers for a NOTIFY, then claim once more (what
+                    # was inserted before the flags were set did not notify; migration 0012).
+                    for queue in self.queues:
+                        await store.queue_arm(queue)
+                    self._armed = True
+                    continue
                 # The claim took every claimable task: none left means the idle interval; a
                 # partial claim means others hold the rest, so count how busy the queues are.
                 pending = (
@@ -278,6 +286,7 @@ class Worker:
                 with contextlib.suppress(psycopg.OperationalError, errors.DatabaseError):
                     conn = await _connect(self.app.dsn)
                 self._reconnected = True
+                self._armed = False  # a restarted server has lost the (unlogged) flags
         return conn
 
     async def _release_unknown(self, store: AsyncTaskStore) -> None:
@@ -336,6 +345,9 @@ class Worker:
             self._wake.set()
 
     def _notified(self) -> None:
+        """A NOTIFY came (its producer cleared the queue's flag), or the listener
+        reconnected (notifications may have been missed): re-arm before sleeping again."""
+        self._armed = False
         self._wake.set()
         self._batch_wake.set()
 

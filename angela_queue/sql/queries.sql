@@ -15,6 +15,11 @@ SELECT count(*) AS n FROM (
      LIMIT %(cap)s
 ) capped;
 
+-- name: queue_arm
+-- A worker about to sleep: the next insert into the queue notifies (migration 0012). Run
+-- on an autocommit connection: one queue, one short transaction.
+SELECT angela_queue.queue_arm(%(queue)s);
+
 -- name: queue_get
 SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits
   FROM angela_queue.queues WHERE name = %(name)s;

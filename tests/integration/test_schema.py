@@ -145,7 +145,8 @@ def test_dedupe_key_is_unique_among_live_tasks_only(conn):
     conn.execute("INSERT INTO angela_queue.tasks (kind, dedupe_key) VALUES ('a.b', 'k1')")
 
 
-def test_raw_insert_notifies_listeners_with_the_queue(dsn, conn):
+def test_raw_insert_notifies_a_waiting_worker_with_the_queue(dsn, conn):
+    conn.execute("SELECT angela_queue.queue_arm('default')")  # a worker waits (0012)
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN angela_queue")
         conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('a.b')")
@@ -154,6 +155,7 @@ def test_raw_insert_notifies_listeners_with_the_queue(dsn, conn):
 
 
 def test_scheduled_insert_does_not_notify(dsn, conn):
+    conn.execute("SELECT angela_queue.queue_arm('default')")
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN angela_queue")
         conn.execute(
