@@ -6,24 +6,30 @@ emotional conversation, an urgent message from its user) must not wait behind ro
 consolidation, and routine work must not starve either. The demo plays it for real:
 
 1. a database: ANGELA_QUEUE_DSN / DATABASE_URL, else the embedded PostgreSQL (stopped at
-   the end only if the demo started it), migrated, with a ``learning`` queue and boost rules;
-2. two ``angela-queue worker`` processes (3 slots each) serving ``angela_queue.demo.app:app``;
+   the end only if the demo started it), migrated, with a ``learning`` queue;
+2. ``angela-queue supervise --profile standard`` for the handlers of
+   ``angela_queue.demo.app`` (= examples/learning.py): it starts the workers, adds some
+   while a backlog waits and asks them to stop when it is gone (checks every 1.5 s, or
+   3 s interactively, instead of the profile's 60 s);
 3. a burst of 48 conversations' tasks in one transaction (plain SQL INSERT, COPY through
    ``App.enqueue_many``, two tasks imported 40 minutes old through ``App.enqueue``), then
    8 live conversations arriving while the backlog drains, one an urgent message from david;
-4. a live view (plain lines when stdout is not a terminal), then a summary: start order,
-   waits by tier, throughput against the seed plan's 10–15 tasks/s.
+   routine consolidations run in batches of up to 5;
+4. a live view (plain lines when stdout is not a terminal) until every task finished and
+   the supervisor is back at its minimum, then a summary against the seed plan.
 
-Ctrl-C (or SIGTERM) at any time stops the workers (SIGTERM, SIGKILL after 10 s) and the
-embedded server if the demo started it. Exit codes: 0 done, 1 failed or timed out, 130
-interrupted. The handlers are in app.py, the conversations in story.py, the live view and the
-summary in view.py.
+Ctrl-C (or SIGTERM) at any time stops the supervisor, which stops its workers (SIGTERM,
+SIGKILL after 10 s; the demo kills any it left), and the embedded server if the demo
+started it. Exit codes: 0 done, 1 failed or timed out, 130 interrupted. ``--quick`` (the
+default when ``CI`` is set) paces the story faster. The handlers are in app.py, the
+conversations in story.py, the live view and the summary in view.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -36,27 +42,30 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+import psutil
 import psycopg
 from psycopg.types.json import Jsonb
 from rich.console import Console
 from rich.live import Live
 
-from angela_queue import AngelaQueueError, App, Settings, embedded
+from angela_queue import AngelaQueueError, Settings, embedded
 from angela_queue import migrate as migrations
 from angela_queue.demo import view
-from angela_queue.demo.app import QUEUE, build_app
+from angela_queue.demo.app import QUEUE, app
 from angela_queue.demo.story import BACKDATED, LIVE, Conversation, conversations
-from angela_queue.settings import redact_dsn
+from angela_queue.settings import PROFILES, redact_dsn
 from angela_queue.store import TaskStore
+from angela_queue.supervisor import is_worker_command
 
-LIVE_START_S, LIVE_EVERY_S = 2.0, 1.5  # when the live conversations end
+LIVE_START_S = 2.0  # the first live conversation ends this long after the burst
 BACKDATE = timedelta(minutes=40)
 STOP_GRACE_S = 10.0
+APP_SPEC = "angela_queue.demo.app:app"
 
 # The boost rules the story relies on (emotional +2, the author's "urgent" +3, the author's
 # question +1) are seeded by the migrations: the demo uses them as any deployment would.
@@ -68,10 +77,10 @@ VALUES (%s, 'conversation.analyze', %s, %s) RETURNING id"""
 class Interrupts:
     """SIGINT and SIGTERM become one KeyboardInterrupt, never inside ``shielded()``.
 
-    Starting the embedded server, spawning a worker and the cleanup must not be cut in
-    half, or Ctrl-C could leave a process behind: a signal there is remembered and raised
-    when the section ends. Only the first signal raises; a second Ctrl-C while the cleanup
-    runs cannot cut the cleanup short.
+    Starting the embedded server, spawning the supervisor and the cleanup must not be cut
+    in half, or Ctrl-C could leave a process behind: a signal there is remembered and
+    raised when the section ends. Only the first signal raises; a second Ctrl-C while the
+    cleanup runs cannot cut the cleanup short.
     """
 
     def __init__(self) -> None:
@@ -118,16 +127,28 @@ class Demo:
         self.dsn = ""
         self.pgdata: str | None = None  # set when the demo started the embedded server
         self.conn: psycopg.Connection[Any] | None = None
-        self.producer: App | None = None
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.supervisor: subprocess.Popen[bytes] | None = None
+        # Every process the supervisor started, as seen while it ran: if it ever dies
+        # without stopping them, the demo still knows whom to stop.
+        self.descendants: dict[int, psutil.Process] = {}
         self.logs: list[IO[bytes]] = []
         self.logdir = Path(tempfile.mkdtemp(prefix="angela-queue-demo-"))
-        self.workers: dict[int, int] = {}  # worker row id → worker number
+        self.began = datetime.now().astimezone()  # the database's clock, once connected
+        p = PROFILES[args.profile]
+        self.setup = view.Setup(
+            hostname=socket.gethostname(),
+            since=self.began,
+            origin=self.began,
+            profile=args.profile,
+            concurrency=args.concurrency,
+            min_workers=p["min_workers"],
+            max_workers=p["max_workers"],
+        )
 
     # -- setup ------------------------------------------------------------------------------
 
     def open_database(self) -> None:
-        """A configured DSN, else the embedded server; then migrate, queue, rules, clean."""
+        """A configured DSN, else the embedded server; then migrate, queue, clean."""
         settings = Settings.load()
         if settings.dsn:
             self.dsn, label = settings.dsn, redact_dsn(settings.dsn)
@@ -145,76 +166,105 @@ class Demo:
         self.console.print(f"database: PostgreSQL {row[0] if row else '?'}, {label}")
         with self.interrupts.shielded():
             migrations.upgrade(self.dsn)
+        self.refuse_foreign_workers()
         TaskStore(self.conn).queue_upsert(QUEUE, aging_rate=0.3, paused=False)
         self.conn.execute("DELETE FROM angela_queue.tasks WHERE queue = %s", (QUEUE,))
-        others = self.conn.execute(
-            "SELECT count(*) FROM angela_queue.workers WHERE %s = ANY(queues)"
-            " AND status <> 'dead' AND heartbeat_at > now() - interval '30 seconds'",
-            (QUEUE,),
-        ).fetchone()
-        if others and others[0]:
-            self.console.print(f"[yellow]note: {others[0]} other worker(s) serve {QUEUE!r}")
+        now = self.conn.execute("SELECT now()").fetchone()
+        assert now is not None
+        self.began = now[0]
+        self.setup = dataclasses.replace(self.setup, since=self.began, origin=self.began)
 
-    def start_workers(self) -> None:
-        """Real `angela-queue worker` processes; their logs go to files, not the terminal."""
-        cmd = [sys.executable, "-m", "angela_queue.cli", "worker"]
-        cmd += ["--app", "angela_queue.demo.app:app", "--queue", QUEUE]
-        cmd += ["--concurrency", str(self.args.concurrency)]
-        env = {**os.environ, "ANGELA_QUEUE_DSN": self.dsn, "PYTHONUNBUFFERED": "1"}
-        for n in range(1, self.args.workers + 1):
-            with self.interrupts.shielded():
-                log = (self.logdir / f"worker-{n}.log").open("wb")
-                self.logs.append(log)
-                # A session of their own: a terminal's Ctrl-C reaches only the demo, which
-                # then stops them in order (and stops them even if the terminal's did not).
-                self.procs.append(
-                    subprocess.Popen(
-                        cmd,
-                        cwd=os.getcwd(),
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-        self.console.print(
-            f"workers: {self.args.workers} × `{' '.join(cmd[2:])}`, logs in {self.logdir}"
-        )
-        self.workers = self.wait_registered(timeout=30.0)
-
-    def wait_registered(self, timeout: float) -> dict[int, int]:
-        """Wait for the workers' rows, so that the burst measures waits, not Python startup."""
+    def refuse_foreign_workers(self) -> None:
+        """The supervisor manages every worker of this host in this database: it would count
+        (and might stop) workers the user runs. Stale rows of gone processes are harmless."""
         assert self.conn is not None
-        pids = [p.pid for p in self.procs]
+        rows = self.conn.execute(
+            "SELECT pid FROM angela_queue.workers WHERE hostname = %s AND status <> 'dead'",
+            (self.setup.hostname,),
+        ).fetchall()
+        alive = []
+        for (pid,) in rows:
+            with contextlib.suppress(psutil.Error):
+                if is_worker_command(psutil.Process(pid).cmdline()):
+                    alive.append(pid)
+        if alive:
+            raise DemoFailed(
+                f"{len(alive)} angela-queue worker(s) of this host already use this database "
+                f"(pids {', '.join(map(str, alive))}); the demo's supervisor would manage them "
+                "too: stop them, or point ANGELA_QUEUE_DSN at another database"
+            )
+
+    def start_supervisor(self) -> None:
+        """`angela-queue supervise --profile P`; its workers' logs and its own go to files."""
+        cmd = [sys.executable, "-m", "angela_queue.cli", "supervise", "--app", APP_SPEC]
+        cmd += ["--queue", QUEUE, "--profile", self.args.profile]
+        cmd += ["--concurrency", str(self.args.concurrency)]
+        cmd += ["--check-interval", str(self.args.check_interval)]
+        env = {
+            **os.environ,
+            "ANGELA_QUEUE_DSN": self.dsn,
+            "ANGELA_QUEUE_LOG_DIR": str(self.logdir),
+            # A stopping worker finishes its tasks (< 1 s here) well within this.
+            "ANGELA_QUEUE_SHUTDOWN_GRACE_S": str(STOP_GRACE_S - 2),
+            # Workers notice a scale-down (stop_requested) and report batches at each beat.
+            "ANGELA_QUEUE_HEARTBEAT_S": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self.interrupts.shielded():
+            log = (self.logdir / "supervisor.log").open("wb")
+            self.logs.append(log)
+            # A session of its own: a terminal's Ctrl-C reaches only the demo, which then
+            # stops it in order (and it stops its workers, which have sessions of their own).
+            self.supervisor = subprocess.Popen(
+                cmd,
+                cwd=os.getcwd(),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        p = PROFILES[self.args.profile]
+        self.console.print(
+            f"supervisor: `{' '.join(cmd[2:])}` (profile {self.args.profile}: start "
+            f"{p['base_workers']} workers, keep {p['min_workers']}–{p['max_workers']}; one more "
+            f"while over 10 tasks wait, one fewer under 2; checks every "
+            f"{self.args.check_interval:g} s here instead of {p['check_interval_s']:g} s), "
+            f"logs in {self.logdir}"
+        )
+        self.wait_workers(p["base_workers"], timeout=45.0)
+
+    def wait_workers(self, n: int, timeout: float) -> None:
+        """Wait for the supervisor's first workers, so that the burst measures waits, not
+        Python startup."""
+        assert self.conn is not None
         deadline = time.monotonic() + timeout
-        while True:
-            rows = self.conn.execute(
-                "SELECT id, pid FROM angela_queue.workers WHERE hostname = %s"
-                " AND pid = ANY(%s) AND status <> 'dead'",
-                (socket.gethostname(), pids),
-            ).fetchall()
-            if len(rows) == len(pids):
-                return {int(r[0]): pids.index(int(r[1])) + 1 for r in rows}
-            self.check_workers()
+        while len(view.workers(self.conn, self.setup)) < n:
+            self.check_supervisor()
             if time.monotonic() > deadline:
-                raise DemoFailed(f"the workers did not register within {timeout:.0f} s")
+                raise DemoFailed(
+                    f"the supervisor's workers did not register within {timeout:.0f} s"
+                )
             time.sleep(0.1)
 
-    def check_workers(self) -> None:
-        """A worker that died would make the demo wait for its timeout: fail at once instead."""
-        for n, p in enumerate(self.procs, start=1):
-            if p.poll() is not None:
-                log = self.logdir / f"worker-{n}.log"
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-                rc = p.returncode
-                how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited ({rc})"
-                raise DemoFailed(f"worker {n} {how}; its log ({log}) ends: {tail[0]}")
+    def check_supervisor(self) -> None:
+        """Track the supervisor's children; a supervisor that died fails the demo at once."""
+        assert self.supervisor is not None
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.supervisor.pid).children(recursive=True):
+                self.descendants.setdefault(child.pid, child)
+        if self.supervisor.poll() is not None:
+            log = self.logdir / "supervisor.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise DemoFailed(
+                f"the supervisor exited ({self.supervisor.returncode}); {log} ends: {tail[0]}"
+            )
 
     # -- producing --------------------------------------------------------------------------
 
     def enqueue_burst(self, convs: Sequence[Conversation]) -> int:
         """The backlog in one transaction: the workers' NOTIFY arrives with the commit."""
-        assert self.conn is not None and self.producer is not None
+        assert self.conn is not None
         first = convs[0]
         shown = json.dumps(first.analysis()).replace("'", "''")
         self.console.print(
@@ -239,16 +289,18 @@ class Demo:
             n = len(convs)
             for c in convs[:BACKDATED]:  # moved from another system: its age comes along
                 payload = {"conversation_id": c.id, "imported": True, "note": "imported, 40 min"}
-                self.producer.enqueue(
+                app.enqueue(
                     "memory.consolidate",
                     payload,
                     priority=2,
                     conn=self.conn,
                     enqueued_at=row[0] - BACKDATE,
+                    batch_key=c.author,
                 )
                 n += 1
             reqs = [r for i, c in enumerate(convs) for r in c.followups(imported=i < BACKDATED)]
-            n += len(self.producer.enqueue_many(reqs, conn=self.conn))
+            n += len(app.enqueue_many(reqs, conn=self.conn))
+        self.setup = dataclasses.replace(self.setup, origin=row[0])  # now(): the commit's
         self.console.print(
             f"  + {n - len(convs) - BACKDATED} pattern/insight/consolidation tasks with "
             f"App.enqueue_many (COPY), {BACKDATED} consolidations imported 40 minutes old "
@@ -260,7 +312,7 @@ class Demo:
 
     def enqueue_live(self, conv: Conversation) -> tuple[str, int | None]:
         """A conversation that just ended: its analysis via App.enqueue (or raw SQL)."""
-        assert self.conn is not None and self.producer is not None
+        assert self.conn is not None
         task_id = None
         if "urgent" in conv.note:
             params = (QUEUE, Jsonb(conv.analysis()), conv.importance)
@@ -268,9 +320,9 @@ class Demo:
             task_id = None if row is None else int(row[0])
             how = "raw SQL"
         else:
-            self.producer.enqueue("conversation.analyze", conv.analysis(), priority=conv.importance)
+            app.enqueue("conversation.analyze", conv.analysis(), priority=conv.importance)
             how = "App.enqueue"
-        self.producer.enqueue_many(conv.followups())
+        app.enqueue_many(conv.followups())
         return (
             f"live: {conv.id} from {conv.author} ({how}, priority {conv.importance}): {conv.text}",
             task_id,
@@ -279,40 +331,59 @@ class Demo:
     # -- watching ---------------------------------------------------------------------------
 
     def watch(self, convs: Sequence[Conversation], planned: int) -> int | None:
-        """Live view until every planned task finished; returns the urgent task's id.
+        """Live view until every planned task finished and the supervisor has scaled back
+        down to its minimum; returns the urgent task's id.
 
         Live conversations end on a schedule meanwhile, as they would while workers drain.
         """
         assert self.conn is not None
-        setup = view.Setup(self.workers, self.args.workers, self.args.concurrency)
         live_convs = [c for c in convs if c.note]
         urgent_id: int | None = None
         t0 = time.monotonic()
         first_start: float | None = None
+        last_finish: float | None = None
         next_line = t0
+        seen_decisions = 0
+        settle_s = (self.setup.max_workers - self.setup.min_workers + 2) * self.args.check_interval
         live = Live(console=self.console, auto_refresh=False) if self.console.is_terminal else None
         with live or contextlib.nullcontext():
             while True:
                 now = time.monotonic()
-                due = int(max(0.0, (now - t0 - LIVE_START_S) // LIVE_EVERY_S + 1))
+                due = int(max(0.0, (now - t0 - LIVE_START_S) // self.args.live_every + 1))
                 while live_convs and due > LIVE - len(live_convs):
                     event, task_id = self.enqueue_live(live_convs.pop(0))
                     urgent_id = urgent_id or task_id
                     self.console.print(f"{now - t0:5.1f} s  {event}")
-                snap = view.snapshot(self.conn)
+                snap = view.snapshot(self.conn, self.setup)
+                for d in snap.decisions[seen_decisions:]:
+                    self.console.print(f"{d.at_s:5.1f} s  {view.decision_line(d)}")
+                seen_decisions = len(snap.decisions)
                 done = snap.total(2) + snap.total(3)
                 if first_start is None and done + snap.total(1):
                     first_start = now
-                elapsed = now - (first_start or now)
-                rate = snap.total(2) / elapsed if elapsed else 0.0
+                finished = not live_convs and done >= planned
+                if finished and last_finish is None:
+                    last_finish = now
+                    self.console.print(
+                        f"{now - t0:5.1f} s  all {planned} tasks finished; the supervisor scales "
+                        f"down to {self.setup.min_workers} as the backlog stays under 2"
+                    )
+                end = last_finish or now
+                rate = (
+                    snap.total(2) / (end - first_start) if first_start and end > first_start else 0
+                )
                 if live is not None:
-                    live.update(view.render(snap, planned, rate, now - t0, setup), refresh=True)
-                elif now >= next_line or done >= planned:
+                    live.update(
+                        view.render(snap, planned, rate, now - t0, self.setup), refresh=True
+                    )
+                elif now >= next_line or finished:
                     self.console.print(view.plain_line(snap, planned, rate, now - t0))
                     next_line = now + 2.0
-                if not live_convs and done >= planned:
+                if last_finish is not None and (
+                    len(snap.workers) <= self.setup.min_workers or now > last_finish + settle_s
+                ):
                     return urgent_id
-                self.check_workers()
+                self.check_supervisor()
                 if now > t0 + self.args.timeout:
                     raise DemoFailed(
                         f"timeout: {done}/{planned} tasks finished after {self.args.timeout:.0f} s"
@@ -322,10 +393,10 @@ class Demo:
     # -- the whole run ----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Database, workers, burst, live view, summary; the exit code."""
+        """Database, supervisor and workers, burst, live view, summary; the exit code."""
         self.open_database()
-        self.producer = build_app(self.dsn)
-        self.start_workers()
+        app.use_dsn(self.dsn)
+        self.start_supervisor()
         convs = conversations(random.Random(2026))
         planned = sum(1 + len(c.followups()) for c in convs)
         self.enqueue_burst([c for c in convs if not c.note])
@@ -336,29 +407,30 @@ class Demo:
         )
         started = time.monotonic()
         urgent_id = self.watch(convs, planned)
-        self.console.print(f"all {planned} tasks finished in {time.monotonic() - started:.1f} s")
-        setup = view.Setup(self.workers, self.args.workers, self.args.concurrency)
+        self.console.print(f"done in {time.monotonic() - started:.1f} s")
         assert self.conn is not None
-        return 0 if view.summary(self.console, self.conn, setup, urgent_id) else 1
+        return 0 if view.summary(self.console, self.conn, self.setup, urgent_id) else 1
 
     def cleanup(self) -> None:
-        """Stop what the demo started, in order: workers, connections, embedded server."""
+        """Stop what the demo started, in order: supervisor (and its workers), connections,
+        embedded server."""
         self.interrupts.fired = True  # from here on, Ctrl-C is what we are doing already
-        if self.procs:
-            killed = stop_workers(self.procs)
-            self.console.print(f"workers stopped{f' (SIGKILL: pids {killed})' if killed else ''}")
+        if self.supervisor is not None:
+            killed = self.stop_supervisor()
+            self.console.print(
+                "supervisor and workers stopped" + (f" (SIGKILL: pids {killed})" if killed else "")
+            )
             if killed and self.conn is not None:
                 with contextlib.suppress(psycopg.Error):  # their rows would look alive
                     self.conn.execute(
                         "UPDATE angela_queue.workers SET status = 'dead'"
-                        " WHERE hostname = %s AND pid = ANY(%s)",
-                        (socket.gethostname(), killed),
+                        " WHERE hostname = %s AND pid = ANY(%s) AND status <> 'dead'",
+                        (self.setup.hostname, killed),
                     )
         for log in self.logs:
             log.close()
         with contextlib.suppress(Exception):
-            if self.producer is not None:
-                self.producer.close()
+            app.close()
             if self.conn is not None:
                 self.conn.close()
         if self.pgdata is not None:
@@ -369,34 +441,70 @@ class Demo:
             except AngelaQueueError as exc:
                 self.console.print(f"[red]could not stop the embedded PostgreSQL:[/] {exc}")
 
+    def stop_supervisor(self) -> list[int]:
+        """SIGTERM: the supervisor stops its workers gracefully, then exits. Whatever is left
+        after STOP_GRACE_S (the supervisor, or a worker it lost track of) gets SIGKILL."""
+        sup = self.supervisor
+        assert sup is not None
+        if sup.poll() is None:
+            sup.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        killed = []
+        while sup.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(sup.pid).children(recursive=True):
+                    self.descendants.setdefault(child.pid, child)
+            time.sleep(0.05)
+        if sup.poll() is None:
+            sup.kill()
+            killed.append(sup.pid)
+        sup.wait()
+        left = [p for p in self.descendants.values() if _alive(p)]
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, still = psutil.wait_procs(left, timeout=max(0.5, deadline - time.monotonic()))
+        for p in still:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+                killed.append(p.pid)
+        psutil.wait_procs(still, timeout=5)
+        return killed
 
-def stop_workers(procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:
-    """SIGTERM (a worker finishes its running tasks), SIGKILL after STOP_GRACE_S."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    killed = []
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            killed.append(p.pid)
-    return killed
+
+def _alive(proc: psutil.Process) -> bool:
+    """Still running (psutil checks the start time too, so a reused pid is not ours)."""
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="angela-queue demo", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+    parser.add_argument(
+        "--quick",
+        action=argparse.BooleanOptionalAction,
+        default=ci,
+        help="faster pace for CI: live conversations every 1 s, checks every 1.5 s "
+        "(default when CI is set)",
+    )
+    parser.add_argument(
+        "--profile", choices=tuple(PROFILES), default="standard", help="supervisor profile"
+    )
     parser.add_argument("--concurrency", type=int, default=3, help="slots per worker (default 3)")
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds for all tasks to finish (120)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    args.check_interval = 1.5 if args.quick else 3.0
+    args.live_every = 1.0 if args.quick else 2.5
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code == 0:  # the logs matter when something went wrong; otherwise they are clutter
         shutil.rmtree(demo.logdir, ignore_errors=True)
     else:
-        console.print(f"worker logs: {demo.logdir}")
+        console.print(f"logs: {demo.logdir}")
     console.print(f"demo finished in {time.monotonic() - began:.1f} s (exit code {code})")
     return code
 

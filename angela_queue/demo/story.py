@@ -75,7 +75,7 @@ class Conversation:
         return payload | ({"live": True, "note": self.note} if self.note else {})
 
     def followups(self, imported: bool = False) -> list[EnqueueRequest]:
-        """Patterns (medium), insights (low; +2 if emotional), routine consolidation (low)."""
+        """Patterns (medium), insights (low; +2 if emotional), consolidation (low, batched)."""
         ref = {"conversation_id": self.id, "author": self.author}
         reqs = [
             EnqueueRequest("pattern.learn", ref, priority=5 + self.number % 2, queue=QUEUE),
@@ -84,8 +84,13 @@ class Conversation:
             ),
         ]
         if not imported:
+            # Routine: batched (examples/learning.py), one user's memories together.
             consolidate = EnqueueRequest(
-                "memory.consolidate", ref, priority=2 + self.number % 2, queue=QUEUE
+                "memory.consolidate",
+                ref,
+                priority=2 + self.number % 2,
+                queue=QUEUE,
+                batch_key=self.author,
             )
             reqs.append(consolidate)
         return reqs

@@ -1,0 +1,153 @@
+"""`angela-queue demo` with real processes: a whole quick run, and Ctrl-C at any moment
+leaves nothing running (supervisor, workers, the embedded PostgreSQL it started)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from angela_queue import embedded
+from tests.e2e.helpers import ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def start_demo(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """The demo in a session of its own, as a terminal would run it; output to a file."""
+    out = tmp_path / "demo.out"
+    base = {k: v for k, v in os.environ.items() if k not in ("ANGELA_QUEUE_DSN", "DATABASE_URL")}
+    with out.open("wb") as sink:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "angela_queue.cli", "demo", "--quick"],
+            cwd=ROOT,
+            env={**base, "PYTHONUNBUFFERED": "1", **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, out
+
+
+def family(proc: subprocess.Popen[bytes], seen: dict[int, psutil.Process]) -> None:
+    """Remember every descendant of the demo (the supervisor, its workers)."""
+    try:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            seen.setdefault(child.pid, child)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def running(processes: dict[int, psutil.Process], pgdata: str | None = None) -> list[str]:
+    """What is still alive of ``processes``, and any process serving ``pgdata``."""
+    left = []
+    for p in processes.values():
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {' '.join(p.cmdline())}")
+        except psutil.NoSuchProcess:
+            pass
+    if pgdata:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if pgdata in " ".join(p.info["cmdline"] or []):
+                left.append(f"{p.info['pid']} {' '.join(p.info['cmdline'])}")
+    return left
+
+
+def test_a_quick_run_supervises_batches_and_stops_everything(dsn, conn, tmp_path):
+    proc, out = start_demo(tmp_path, {"ANGELA_QUEUE_DSN": dsn})
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 100
+    while proc.poll() is None and time.monotonic() < deadline:
+        family(proc, seen)
+        time.sleep(0.1)
+    assert proc.wait(timeout=10) == 0, out.read_text()
+    text = out.read_text()
+    for line in ("the supervisor's decisions", "against the seed plan", "batches: ", "start 4"):
+        assert line in text, text
+    assert conn.execute(
+        "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*)"
+        " FROM angela_queue.tasks WHERE queue = 'learning'"
+    ).fetchone() == (224, 224)
+    actions = [r[0] for r in conn.execute("SELECT action FROM angela_queue.supervisor_decisions")]
+    assert actions[0] == "start 4" and "start 1" in actions and "stop 1" in actions, actions
+    batch_sizes = conn.execute(
+        "SELECT max((result ->> 'batch_size')::int), count(DISTINCT result ->> 'batch')"
+        " FROM angela_queue.tasks WHERE kind = 'memory.consolidate'"
+    ).fetchone()
+    assert batch_sizes[0] == 5 and batch_sizes[1] < 56, batch_sizes
+    pids = [r[0] for r in conn.execute("SELECT pid FROM angela_queue.workers")]
+    assert len(pids) >= 6 and len(seen) >= 7  # the supervisor and its workers, all seen
+    assert conn.execute(
+        "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
+    ).fetchone() == (0,)
+    assert running(seen) == []
+
+
+@pytest.mark.parametrize(
+    ("moment", "whom"),
+    [
+        ("while the embedded server starts", "group"),
+        ("once the workers run", "group"),
+        ("once the workers run", "demo"),
+        ("while the tasks drain", "demo"),
+    ],
+)
+def test_ctrl_c_at_any_moment_leaves_nothing_running(tmp_path, moment, whom):
+    """SIGINT to the process group (a terminal's Ctrl-C) or to the demo alone."""
+    pgdata = str(tmp_path / "pgdata")
+    proc, out = start_demo(tmp_path, {"ANGELA_QUEUE_PGDATA": pgdata})
+    seen: dict[int, psutil.Process] = {}
+
+    def reached() -> bool:
+        family(proc, seen)
+        assert proc.poll() is None, out.read_text()
+        text = out.read_text()
+        if moment == "while the embedded server starts":
+            return any(pgdata in " ".join(p.cmdline()) for p in seen.values() if _alive(p))
+        workers = sum("worker" in _cmdline(p) for p in seen.values())
+        if moment == "once the workers run":
+            return workers >= 4 and "conversations end at once" not in text
+        return "tasks/s" in text and "done," in text
+
+    try:
+        wait_for(reached, timeout=90, interval=0.02)
+        if whom == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=40)
+        text = out.read_text()
+        assert code == 130, text
+        assert "interrupted: stopping everything the demo started" in text, text
+        assert "Traceback" not in text, text
+        wait_for(lambda: not running(seen, pgdata), timeout=5)
+        assert not embedded.status(pgdata).running
+    finally:
+        for p in seen.values():  # nothing may outlive a failed test either
+            if _alive(p):
+                p.kill()
+        if proc.poll() is None:
+            proc.kill()
+        if embedded.status(pgdata).running:
+            embedded.stop(pgdata)
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
