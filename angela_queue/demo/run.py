@@ -223,10 +223,12 @@ class Demo:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_term_with_parent,
             )
         p = PROFILES[self.args.profile]
         self.console.print(
-            f"supervisor: `{' '.join(cmd[2:])}` (profile {self.args.profile}: start "
+            f"supervisor (pid {self.supervisor.pid}): `{' '.join(cmd[2:])}` "
+            f"(profile {self.args.profile}: start "
             f"{p['base_workers']} workers, keep {p['min_workers']}–{p['max_workers']}; one more "
             f"while over 10 tasks wait, one fewer under 2; checks every "
             f"{self.args.check_interval:g} s here instead of {p['check_interval_s']:g} s), "
@@ -470,6 +472,16 @@ class Demo:
                 killed.append(p.pid)
         psutil.wait_procs(still, timeout=5)
         return killed
+
+
+def _term_with_parent() -> None:
+    """In the supervisor's process before exec: SIGTERM when the demo dies, even by SIGKILL
+    (Linux; elsewhere a killed demo leaves the supervisor to be stopped by hand)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -16,7 +16,7 @@ from angela_queue.demo.app import QUEUE
 
 BURST = 48  # conversations whose tasks arrive at once
 LIVE = 8  # conversations that end while the workers drain the burst
-URGENT_LIVE = 3  # which live conversation is david's urgent message
+URGENT_LIVE = 1  # which live conversation is david's urgent message (the second)
 BACKDATED = 2  # consolidations imported from another system, 40 minutes old
 
 TEXTS: dict[str, tuple[str, ...]] = {

@@ -111,7 +111,7 @@ def test_ctrl_c_at_any_moment_leaves_nothing_running(tmp_path, moment, whom):
         text = out.read_text()
         if moment == "while the embedded server starts":
             return any(pgdata in " ".join(p.cmdline()) for p in seen.values() if _alive(p))
-        workers = sum("worker" in _cmdline(p) for p in seen.values())
+        workers = sum("angela_queue.cli worker" in _cmdline(p) for p in seen.values())
         if moment == "once the workers run":
             return workers >= 4 and "conversations end at once" not in text
         return "tasks/s" in text and "done," in text
@@ -151,3 +151,42 @@ def _cmdline(p: psutil.Process) -> str:
         return " ".join(p.cmdline())
     except psutil.Error:
         return ""
+
+
+def test_a_sigkilled_demo_takes_its_supervisor_and_workers_along_and_db_stop_ends_the_server(
+    tmp_path,
+):
+    """SIGKILL cannot be handled: the supervisor learns of its parent's death (Linux
+    PDEATHSIG) and stops its workers; the embedded server keeps running until `db stop`."""
+    pgdata = str(tmp_path / "pgdata")
+    proc, out = start_demo(tmp_path, {"ANGELA_QUEUE_PGDATA": pgdata})
+    seen: dict[int, psutil.Process] = {}
+
+    def workers_run() -> bool:
+        family(proc, seen)
+        assert proc.poll() is None, out.read_text()
+        return sum("angela_queue.cli worker" in _cmdline(p) for p in seen.values()) >= 4
+
+    env = {**os.environ, "ANGELA_QUEUE_PGDATA": pgdata}
+    try:
+        wait_for(workers_run, timeout=90, interval=0.02)
+        # Only the server (a descendant while pg_ctl started it) may stay.
+        ours = {pid: p for pid, p in seen.items() if "angela_queue" in _cmdline(p)}
+        assert len(ours) >= 5  # the supervisor and its workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_for(lambda: not running(ours), timeout=20)
+        assert embedded.status(pgdata).running  # left running, and found again by the CLI
+        db = [sys.executable, "-m", "angela_queue.cli", "db"]
+        status = subprocess.run([*db, "status"], env=env, capture_output=True, text=True)
+        assert status.returncode == 0 and "running" in status.stdout, status.stdout
+        stopped = subprocess.run([*db, "stop"], env=env, capture_output=True, text=True)
+        assert stopped.stdout.strip() == "stopped", stopped.stdout + stopped.stderr
+        assert not embedded.status(pgdata).running
+        assert running({}, pgdata) == []
+    finally:
+        for p in seen.values():
+            if _alive(p) and "angela_queue" in _cmdline(p):
+                p.kill()
+        if embedded.status(pgdata).running:
+            embedded.stop(pgdata)
