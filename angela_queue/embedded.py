@@ -80,9 +80,9 @@ def _prune_dead_handles(pgdata: Path) -> None:
 def start(pgdata: str | Path) -> str:
     """Start (or attach to) the server of ``pgdata``; returns its DSN. It keeps running."""
     path = Path(pgdata).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _prune_dead_handles(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _prune_dead_handles(path)
         with signals_held():
             server = _package().get_server(path, cleanup_mode=None)
     except (OSError, subprocess.SubprocessError) as exc:
