@@ -111,12 +111,19 @@ class Supervisor:
             else:
                 live.append(row)
         self._reap_children()
+        # Workers this process started that have not registered yet (Python still starting)
+        # count too, or a check soon after a spawn would start the same workers again.
+        registered = {int(row["pid"]) for row in live}
+        starting = [pid for pid in self.children if pid not in registered]
         queues = self.config.queues
         pending = store.queue_count_ready(queues, PENDING_CAP)
         at_risk = store.supervisor_tiers_at_risk(queues)
         active = [w for w in live if not w["stop_requested"]]
         decision = desired_workers(
-            len(active), pending, self.config.policy, tier_at_risk=at_risk[0] if at_risk else None
+            len(active) + len(starting),
+            pending,
+            self.config.policy,
+            tier_at_risk=at_risk[0] if at_risk else None,
         )
         result.decision = decision
         if decision.target > decision.current:

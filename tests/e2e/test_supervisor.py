@@ -263,3 +263,27 @@ def test_a_worker_stuck_past_its_timeout_is_killed_and_replaced(dsn, runs):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     # The replacement runs the task again (its quick second attempt).
     wait_for(lambda: count(runs, "status = 'succeeded'") == 1, timeout=30)
+
+
+def test_workers_still_starting_count_so_a_quick_check_starts_no_more(dsn, runs):
+    """Checks every 0.3 s while the workers take 3 s to register: still 2 started, not 2
+    per check."""
+    sup = supervise(
+        dsn,
+        "--profile",
+        "low",
+        "--check-interval",
+        "0.3",
+        "--app",
+        "tests.apps.slow_start_app:app",
+        wait=False,
+    )
+    try:
+        wait_for(lambda: len(live_workers(runs)) == 2, timeout=30)
+        time.sleep(1.0)  # a few more checks, now with registered workers
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        output, _ = sup.communicate(timeout=60)
+    assert sup.returncode == 0, output
+    assert output.count("started worker pid") == 2, output
+    assert runs.execute("SELECT count(*) FROM angela_queue.workers").fetchone() == (2,)
