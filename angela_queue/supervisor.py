@@ -83,6 +83,7 @@ class Supervisor:
         self.dsn = dsn
         self.hostname = socket.gethostname()
         self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.registered: set[int] = set()  # children seen in the workers table
 
     def run_once(self) -> RunResult:
         with connect(self.dsn, autocommit=True) as conn:
@@ -111,10 +112,11 @@ class Supervisor:
             else:
                 live.append(row)
         self._reap_children()
-        # Workers this process started that have not registered yet (Python still starting)
-        # count too, or a check soon after a spawn would start the same workers again.
-        registered = {int(row["pid"]) for row in live}
-        starting = [pid for pid in self.children if pid not in registered]
+        # Workers this process started that never registered yet (Python still starting)
+        # count too, or a check soon after a spawn would start the same workers again. One
+        # seen registered once no longer counts here, also while it exits after a stop.
+        self.registered.update(int(row["pid"]) for row in live)
+        starting = [pid for pid in self.children if pid not in self.registered]
         queues = self.config.queues
         pending = store.queue_count_ready(queues, PENDING_CAP)
         at_risk = store.supervisor_tiers_at_risk(queues)
@@ -238,6 +240,7 @@ class Supervisor:
         for pid, proc in list(self.children.items()):
             if proc.poll() is not None:
                 del self.children[pid]
+                self.registered.discard(pid)
 
     def stop_children(self, grace_s: float) -> None:
         """Ask the workers this process started to stop (SIGTERM: graceful), then wait."""
