@@ -378,7 +378,7 @@ class Demo:
                     live.update(
                         view.render(snap, planned, rate, now - t0, self.setup), refresh=True
                     )
-                elif now >= next_line or finished:
+                elif now >= next_line or last_finish == now:
                     self.console.print(view.plain_line(snap, planned, rate, now - t0))
                     next_line = now + 2.0
                 if last_finish is not None and (
