@@ -9,8 +9,8 @@ consolidation, and routine work must not starve either. The demo plays it for re
    the end only if the demo started it), migrated, with a ``learning`` queue;
 2. ``angela-queue supervise --profile standard`` for the handlers of
    ``angela_queue.demo.app`` (= examples/learning.py): it starts the workers, adds some
-   while a backlog waits and asks them to stop when it is gone (checks every 1.5 s, or
-   3 s interactively, instead of the profile's 60 s);
+   while a backlog waits and asks them to stop when it is gone (checks every 1.5 s with
+   ``--quick``, else 3 s, instead of the profile's 60 s);
 3. a burst of 48 conversations' tasks in one transaction (plain SQL INSERT, COPY through
    ``App.enqueue_many``, two tasks imported 40 minutes old through ``App.enqueue``), then
    8 live conversations arriving while the backlog drains, one an urgent message from david;
