@@ -122,7 +122,8 @@ def test_an_unusable_data_directory_is_one_line_naming_it(tmp_path):
     result = cli("db", "start", env={"ANGELA_QUEUE_PGDATA": str(bad)})
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(bad) in lines[0], result.stderr
+    assert len(lines) == 1 and f"could not start the embedded PostgreSQL in {bad}" in lines[0]
+    assert f"(see {bad}/log)" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 
 
