@@ -216,10 +216,20 @@ class Worker:
         handlers = [h for h in self.app.registry if h.transactional]
         size = max(1, self.concurrency)
         async_pool = sync_pool = None
+        # check: a connection cut while it sat in the pool (a server restart) is replaced
+        # before a handler gets it, instead of failing that task's attempt.
         if any(h.is_async for h in handlers):
-            async_pool = AsyncConnectionPool(dsn, min_size=1, max_size=size, open=False)
+            async_pool = AsyncConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=size,
+                open=False,
+                check=AsyncConnectionPool.check_connection,
+            )
         if any(not h.is_async for h in handlers):
-            sync_pool = ConnectionPool(dsn, min_size=1, max_size=size, open=True)
+            sync_pool = ConnectionPool(
+                dsn, min_size=1, max_size=size, open=True, check=ConnectionPool.check_connection
+            )
         return async_pool, sync_pool
 
     # -- the loop ---------------------------------------------------------------------------
