@@ -9,7 +9,6 @@ import logging
 import traceback
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -100,18 +99,17 @@ class TaskRunner:
 
     def released(self, task: Task, reason: str) -> Outcome:
         """Back to pending at once, even on its last attempt: a shutdown never fails a task."""
-        return Outcome(task.id, task.attempts, False, error=reason, retry_at=datetime.now(UTC))
+        return Outcome(task.id, task.attempts, False, error=reason, retry_in_s=0.0)
 
     def failure(self, task: Task, error: str, delay_s: float | None = None) -> Outcome:
-        retry_at = retry.next_attempt_at(
+        retry_in_s = retry.next_attempt_in(
             task.attempts,
             task.max_attempts,
-            datetime.now(UTC),
             self.settings.retry_base_s,
             self.settings.retry_max_s,
             delay_s=delay_s,
         )
-        return Outcome(task.id, task.attempts, False, error=error, retry_at=retry_at)
+        return Outcome(task.id, task.attempts, False, error=error, retry_in_s=retry_in_s)
 
     async def _call(self, handler: Handler, arg: Any, timeout_s: int, key: int) -> Any:
         """Call the handler on ``arg`` (a task, or a batch's list) within ``timeout_s``."""

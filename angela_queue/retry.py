@@ -19,6 +19,24 @@ def backoff_s(
     return delay / 2 + r * delay / 2
 
 
+def next_attempt_in(
+    attempts: int,
+    max_attempts: int,
+    base_s: float,
+    max_s: float,
+    delay_s: float | None = None,
+    rand: random.Random | None = None,
+) -> float | None:
+    """Seconds until the next attempt, or None when the task has used all its attempts.
+
+    A delay, not a time: the database adds it to its own clock (task_fail_many), so a
+    worker whose clock is off never makes a retry early or late.
+    """
+    if attempts >= max_attempts:
+        return None
+    return backoff_s(attempts, base_s, max_s, rand) if delay_s is None else max(0.0, delay_s)
+
+
 def next_attempt_at(
     attempts: int,
     max_attempts: int,
@@ -28,8 +46,6 @@ def next_attempt_at(
     delay_s: float | None = None,
     rand: random.Random | None = None,
 ) -> datetime | None:
-    """When to run the next attempt, or None when the task has used all its attempts."""
-    if attempts >= max_attempts:
-        return None
-    delay = backoff_s(attempts, base_s, max_s, rand) if delay_s is None else max(0.0, delay_s)
-    return now + timedelta(seconds=delay)
+    """When to run the next attempt counted from ``now``, or None when none is left."""
+    delay = next_attempt_in(attempts, max_attempts, base_s, max_s, delay_s, rand)
+    return None if delay is None else now + timedelta(seconds=delay)

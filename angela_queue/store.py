@@ -35,7 +35,8 @@ class Outcome:
     succeeded: bool
     result: Any = None
     error: str | None = None
-    retry_at: datetime | None = None
+    # Seconds until the retry, counted on the database's clock; None: failed for good.
+    retry_in_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ def fail_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "ids": [o.task_id for o in outcomes],
         "attempts": [o.attempts for o in outcomes],
         "errors": [o.error for o in outcomes],
-        "retry_ats": [o.retry_at for o in outcomes],
+        "retry_in_s": [o.retry_in_s for o in outcomes],
     }
 
 

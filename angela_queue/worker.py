@@ -425,7 +425,7 @@ class Worker:
                 task.attempts,
                 task.max_attempts,
                 ms,
-                "; will retry" if outcome.retry_at else "; giving up",
+                "; will retry" if outcome.retry_in_s is not None else "; giving up",
                 error,
                 extra={
                     "event": "task_failed",
@@ -436,7 +436,7 @@ class Worker:
                     "attempt": task.attempts,
                     "max_attempts": task.max_attempts,
                     "duration_ms": round(ms, 1),
-                    "will_retry": outcome.retry_at is not None,
+                    "will_retry": outcome.retry_in_s is not None,
                     "error": error,
                 },
             )

@@ -126,18 +126,19 @@ WITH done AS (
 SELECT id FROM done, (SELECT count(*) FROM freed) AS notified;
 
 -- name: task_fail_many
--- Fenced like task_complete_many. A row with a retry_at goes back to pending (keeping its
+-- Fenced like task_complete_many. A row with a retry delay goes back to pending (keeping its
 -- age, out of the claim index until due); a row without one is failed for good, which frees
--- its place in a bounded queue.
+-- its place in a bounded queue. The delay is added to the database's clock, never the
+-- worker's: a worker with a skewed clock cannot make a retry early or late.
 WITH failed AS (
     UPDATE angela_queue.tasks t
-       SET status = CASE WHEN r.retry_at IS NULL THEN 'failed' ELSE 'pending' END,
-           finished_at = CASE WHEN r.retry_at IS NULL THEN now() END,
-           run_at = coalesce(r.retry_at, t.run_at),
-           ready = coalesce(r.retry_at <= now(), false),
+       SET status = CASE WHEN r.retry_in IS NULL THEN 'failed' ELSE 'pending' END,
+           finished_at = CASE WHEN r.retry_in IS NULL THEN now() END,
+           run_at = coalesce(now() + make_interval(secs => r.retry_in), t.run_at),
+           ready = coalesce(r.retry_in <= 0, false),
            last_error = r.error
       FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(errors)s::text[],
-                  %(retry_ats)s::timestamptz[]) AS r(id, attempts, error, retry_at)
+                  %(retry_in_s)s::float8[]) AS r(id, attempts, error, retry_in)
      WHERE t.id = r.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
        AND t.attempts = r.attempts
     RETURNING t.id, t.status, t.queue

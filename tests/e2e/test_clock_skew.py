@@ -1,0 +1,96 @@
+"""No lease comparison uses a worker's clock: workers whose clocks are 5 minutes ahead and
+5 minutes behind (tests/apps/skewed_clock.py) run side by side, reaping each other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from angela_queue import App, Settings
+from tests.apps.sample_app import CREATE_RUNS
+from tests.e2e.helpers import ROOT, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+SKEW_S = 300
+RETRY_DELAY_S = 2.0
+
+
+def start_skewed(dsn: str, skew_s: float) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "ANGELA_QUEUE_DSN": dsn,
+        "ANGELA_QUEUE_TEST_CLOCK_SKEW_S": str(skew_s),
+        "ANGELA_QUEUE_HEARTBEAT_S": "0.2",
+        "ANGELA_QUEUE_HEARTBEAT_TIMEOUT_S": "1.0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.apps.skewed_clock",
+            "worker",
+            "--app",
+            "tests.apps.sample_app:app",
+            "--concurrency",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_skewed_worker_clocks_change_no_lease_and_no_retry_time(dsn, conn):
+    conn.execute(CREATE_RUNS)
+    app = App(Settings(dsn=dsn))
+    retried = [app.enqueue("test.retry_later", {"delay_s": RETRY_DELAY_S}) for _ in range(4)]
+    # Each runs 3 s, three heartbeat timeouts: a reaper comparing against its own clock
+    # would find the other worker 5 minutes silent (or 5 minutes in the future).
+    slow = [app.enqueue("test.slow", {"seconds": 3.0}) for _ in range(4)]
+    app.close()
+    ahead, behind = start_skewed(dsn, SKEW_S), start_skewed(dsn, -SKEW_S)
+    try:
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM angela_queue.tasks WHERE status = 'succeeded'"
+                ).fetchone()[0]
+                == 8
+            ),
+            timeout=40,
+        )
+        # The skew is real: last_active_at is written from each worker's own clock.
+        offsets = dict(
+            conn.execute(
+                "SELECT pid, extract(epoch FROM last_active_at - heartbeat_at)"
+                " FROM angela_queue.workers"
+            ).fetchall()
+        )
+    finally:
+        outputs = [stop(p) for p in (ahead, behind)]
+    assert [code for code, _ in outputs] == [0, 0], outputs  # 3 would be "declared dead"
+    assert abs(float(offsets[ahead.pid]) - SKEW_S) < 30, offsets
+    assert abs(float(offsets[behind.pid]) + SKEW_S) < 30, offsets
+    rows = conn.execute(
+        "SELECT id, attempts, coalesce(last_error, '') FROM angela_queue.tasks"
+    ).fetchall()
+    assert {r[0]: r[1] for r in rows} == {**{i: 2 for i in retried}, **{i: 1 for i in slow}}
+    assert not [r for r in rows if r[2].startswith("Reclaimed")], rows
+    # Retries wait their delay on the database's clock: neither 5 minutes more, nor less.
+    gaps = conn.execute(
+        "SELECT task_id, extract(epoch FROM max(at) - min(at)) FROM test_runs"
+        " WHERE task_id = ANY(%s) GROUP BY task_id",
+        (retried,),
+    ).fetchall()
+    assert len(gaps) == 4 and all(
+        RETRY_DELAY_S - 0.05 <= g <= RETRY_DELAY_S + 5 for _, g in gaps
+    ), gaps
+    pids = {p for (p,) in conn.execute("SELECT DISTINCT pid FROM test_runs").fetchall()}
+    assert {ahead.pid, behind.pid} <= pids, "both skewed workers ran tasks"
