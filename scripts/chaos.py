@@ -1,7 +1,7 @@
 """Chaos: real processes, real signals, a real PostgreSQL; each scenario checks its promises.
 
-    python scripts/chaos.py SCENARIO|all [--quick] [--dsn DSN [--restart-cmd CMD]]
-                                         [--json PATH] [--markdown PATH]
+    python scripts/chaos.py SCENARIO|all [--quick] [--skip SCENARIO]…
+                        [--dsn DSN [--restart-cmd CMD]] [--json PATH] [--markdown PATH]
 
 Scenarios (the figures each prints, and the promise that makes it exit 1 when broken):
 
@@ -23,9 +23,11 @@ Scenarios (the figures each prints, and the promise that makes it exit 1 when br
   others keep at least 60 % of their throughput without it (each death costs one of four
   worker processes its restart; the figure is printed).
 - ``longtx``: tasks flow at 200/s; the claim's duration is sampled by a probe claiming
-  alongside the workers, first without, then with a REPEATABLE READ transaction held open
-  (pinning the xmin horizon) for 5 minutes. Promise: claim p99 stays within 3× its
-  baseline. The claim is also profiled (EXPLAIN ANALYZE) with the dead tuples in place.
+  alongside the workers: first with nothing else open, then with a REPEATABLE READ
+  transaction held open in another database of the server (1 minute), then in the queue's
+  own database (5 minutes), pinning its xmin horizon. Promise: claim p99 stays within 3×
+  its baseline in every 30 s window. The claim is also profiled (EXPLAIN ANALYZE) with the
+  dead tuples in place. (Known broken in the queue's own database; see the README.)
 - ``reapers``: 8 reaper processes (``angela-queue reap``) plus 2 workers race over rounds of
   freshly expired leases. Promise: each expired lease reclaimed exactly once, none missed,
   no live worker's task reclaimed.
@@ -162,6 +164,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--longtx-hold", type=float, default=None, help="longtx: seconds (300; quick 20)"
     )
+    p.add_argument(
+        "--skip", action="append", default=[], choices=SCENARIOS, help="leave out (with all)"
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--markdown", type=Path, help="write the figures as a Markdown table here")
@@ -172,7 +177,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    names = list(SCENARIOS) if a.scenario == "all" else [a.scenario]
+    names = [s for s in SCENARIOS if s not in a.skip] if a.scenario == "all" else [a.scenario]
     logs_root = a.logs or Path(tempfile.mkdtemp(prefix="angela-chaos-"))
     results: list[Result] = []
     began = time.monotonic()
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nchaos {a.scenario}{' --quick' if a.quick else ''}: {len(results) - len(broken)}/"
         f"{len(results)} scenarios kept their promises in {total:.0f} s"
         + (f"; BROKEN: {', '.join(broken)}" if broken else "")
+        + (f"; skipped: {', '.join(a.skip)}" if a.skip and a.scenario == "all" else "")
     )
     command = "python scripts/chaos.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.json:
