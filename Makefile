@@ -40,7 +40,7 @@ demo: install ## the "learning workers" demo on the embedded PostgreSQL (or ANGE
 bench: install ## enqueue rate, drain rate and wake-up latency (scripts/bench.py)
 	$(BIN)/python scripts/bench.py
 
-chaos: install ## every chaos scenario, full length (~15 min; CI runs `scripts/chaos.py all --quick`)
+chaos: install ## every chaos scenario, full length (~12 min; README "Reliability"; exits 1 on a broken promise)
 	$(BIN)/python scripts/chaos.py all
 
 bench/batches: install ## routine tasks batched vs unbatched (scripts/bench_batches.py)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         a.json.write_text(json.dumps(_as_json(results, command, total), indent=2) + "\n")
     if a.markdown:
         a.markdown.write_text(markdown(results, command))
+    if a.logs is None and not broken:
+        shutil.rmtree(logs_root, ignore_errors=True)
+    elif broken:
+        print(f"logs in {logs_root}")
     return 1 if broken else 0
 
 
