@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test/fast lint format typecheck demo bench bench/views bench/batches chaos screenshot check clean
+.PHONY: help install test test/fast test/pgbouncer lint format typecheck demo bench bench/views bench/batches chaos screenshot check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,7 +23,10 @@ test: install ## the whole suite on real PostgreSQL (embedded, or ANGELA_QUEUE_T
 	$(BIN)/pytest
 
 test/fast: install ## the suite without the multi-process tests
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not pgbouncer"
+
+test/pgbouncer: install ## the tests through PgBouncer in transaction mode (apt-get install pgbouncer)
+	$(BIN)/pytest -m pgbouncer
 
 lint: install ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .

@@ -101,7 +101,11 @@ class App:
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new synchronous connection (the caller closes it)."""
-        return connect(self.dsn)
+        return connect(self.dsn, **self.settings.connection_kwargs())
+
+    def _space_dsn(self) -> str | None:
+        """Where a producer waiting for room LISTENs; None (poll only) with ``listen`` off."""
+        return self.dsn if self.settings.listen else None
 
     def _sync_pool(self) -> ConnectionPool:
         with self._lock:
@@ -110,7 +114,7 @@ class App:
                     self.dsn,
                     min_size=1,
                     max_size=self.settings.pool_size,
-                    kwargs={"autocommit": True},
+                    kwargs={"autocommit": True, **self.settings.connection_kwargs()},
                     open=True,
                 )
             return self._pool
@@ -121,7 +125,7 @@ class App:
                 self.dsn,
                 min_size=1,
                 max_size=self.settings.pool_size,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, **self.settings.connection_kwargs()},
                 open=False,
             )
             await pool.open()
@@ -189,11 +193,11 @@ class App:
             dedupe_key=dedupe_key,
             **options,
         )
-        wait_s = self.settings.enqueue_wait_s
+        wait_s, space_dsn = self.settings.enqueue_wait_s, self._space_dsn()
         if conn is not None:
-            return insert_one(conn, req, self.dsn, wait_s)
+            return insert_one(conn, req, space_dsn, wait_s)
         with self._sync_pool().connection() as own:
-            return insert_one(own, req, self.dsn, wait_s)
+            return insert_one(own, req, space_dsn, wait_s)
 
     async def enqueue_async(
         self,
@@ -217,12 +221,12 @@ class App:
             dedupe_key=dedupe_key,
             **options,
         )
-        wait_s = self.settings.enqueue_wait_s
+        wait_s, space_dsn = self.settings.enqueue_wait_s, self._space_dsn()
         if conn is not None:
-            return await insert_one_async(conn, req, self.dsn, wait_s)
+            return await insert_one_async(conn, req, space_dsn, wait_s)
         pool = await self._get_async_pool()
         async with pool.connection() as own:
-            return await insert_one_async(own, req, self.dsn, wait_s)
+            return await insert_one_async(own, req, space_dsn, wait_s)
 
     def enqueue_many(
         self,

@@ -138,8 +138,10 @@ class Heartbeater:
         on_wedged: Callable[[TaskStore, float], object] | None = None,
         reaper: Reaper | None = None,
         cleaner: Cleaner | None = None,
+        connect_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.dsn = dsn
+        self.connect_kwargs = connect_kwargs or {}
         self.worker_id = worker_id
         self.counters = counters
         self.interval_s = interval_s
@@ -222,7 +224,9 @@ class Heartbeater:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+            self._conn = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=5, **self.connect_kwargs
+            )
         return self._conn
 
     def _close(self) -> None:

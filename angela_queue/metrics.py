@@ -36,11 +36,10 @@ QT = ["queue", "tier"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def open_pool(dsn: str) -> ConnectionPool:
+def open_pool(dsn: str, settings: Settings | None = None) -> ConnectionPool:
     """A small pool for scrapes and dashboard reads; a dead database fails a read in 5 s."""
-    return ConnectionPool(
-        dsn, min_size=1, max_size=4, kwargs={"autocommit": True}, timeout=5.0, open=True
-    )
+    kwargs = {"autocommit": True, **(settings.connection_kwargs() if settings else {})}
+    return ConnectionPool(dsn, min_size=1, max_size=4, kwargs=kwargs, timeout=5.0, open=True)
 
 
 class QueueCollector:
@@ -214,7 +213,7 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 def serve(dsn: str, settings: Settings, *, host: str, port: int) -> None:
     """Serve /metrics until SIGTERM or Ctrl-C (prometheus_client's own HTTP server)."""
-    pool = open_pool(dsn)
+    pool = open_pool(dsn, settings)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry_for(pool, settings))
     except OSError as exc:

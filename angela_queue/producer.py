@@ -2,8 +2,9 @@
 
 A bounded queue that is full refuses a task (SQLSTATE AQ002, ``QueueFull``) unless it is
 dropped. ``enqueue`` then waits for room up to ``enqueue_wait_s``: it backs off, and a
-worker finishing a task of that queue wakes it at once (NOTIFY angela_queue_space).
-The insert is retried in a savepoint, so a caller's transaction is never lost.
+worker finishing a task of that queue wakes it at once (NOTIFY angela_queue_space), unless
+``dsn`` is None (``listen`` off, behind a transaction pooler): then it only polls. The
+insert is retried in a savepoint, so a caller's transaction is never lost.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 0.5
 
 
-def insert_one(conn: psycopg.Connection[Any], req: EnqueueRequest, dsn: str, wait_s: float) -> int:
+def insert_one(
+    conn: psycopg.Connection[Any], req: EnqueueRequest, dsn: str | None, wait_s: float
+) -> int:
     """Insert ``req`` on ``conn``, waiting up to ``wait_s`` for room in a full queue."""
     deadline = time.monotonic() + wait_s
     backoff = FIRST_BACKOFF_S
@@ -40,13 +43,16 @@ def insert_one(conn: psycopg.Connection[Any], req: EnqueueRequest, dsn: str, wai
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise
-                if listener is None:
+                if dsn is None:
+                    time.sleep(min(backoff, remaining))
+                elif listener is None:
                     listener = psycopg.connect(dsn, autocommit=True)
                     listener.execute(f"LISTEN {SPACE_CHANNEL}")
                     continue  # room may have come before we listened: try at once
-                for note in listener.notifies(timeout=min(backoff, remaining)):
-                    if note.payload == req.queue:
-                        break
+                else:
+                    for note in listener.notifies(timeout=min(backoff, remaining)):
+                        if note.payload == req.queue:
+                            break
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
     finally:
         if listener is not None:
@@ -54,7 +60,7 @@ def insert_one(conn: psycopg.Connection[Any], req: EnqueueRequest, dsn: str, wai
 
 
 async def insert_one_async(
-    conn: psycopg.AsyncConnection[Any], req: EnqueueRequest, dsn: str, wait_s: float
+    conn: psycopg.AsyncConnection[Any], req: EnqueueRequest, dsn: str | None, wait_s: float
 ) -> int:
     """``insert_one`` for async code."""
     deadline = time.monotonic() + wait_s
@@ -69,14 +75,17 @@ async def insert_one_async(
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise
-                if listener is None:
+                if dsn is None:
+                    await asyncio.sleep(min(backoff, remaining))
+                elif listener is None:
                     listener = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
                     await listener.execute(f"LISTEN {SPACE_CHANNEL}")
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        _space_note(listener, req.queue), min(backoff, remaining)
-                    )
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            _space_note(listener, req.queue), min(backoff, remaining)
+                        )
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
     finally:
         if listener is not None:

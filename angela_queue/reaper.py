@@ -50,6 +50,7 @@ class ReaperConfig:
     # one interval, also for the worker's reaper, which can only run right after a beat).
     jitter: float = REAPER_JITTER_DEFAULT
     batch_size: int = REAPER_BATCH_SIZE_DEFAULT
+    prepare: bool = True  # server-side prepared statements on its own connection
 
     @classmethod
     def from_settings(cls, settings: Settings, interval_s: float | None = None) -> ReaperConfig:
@@ -57,6 +58,7 @@ class ReaperConfig:
         return cls(
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             interval_s=interval_s or settings.heartbeat_s,
+            prepare=settings.prepare,
         )
 
 
@@ -189,7 +191,12 @@ class Reaper:
             if self.dsn is None:
                 raise errors.ConfigurationError("this reaper has no DSN: pass a store")
             try:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+                self._conn = psycopg.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=10,
+                    prepare_threshold=5 if self.config.prepare else None,
+                )
             except psycopg.OperationalError as exc:
                 raise errors.DatabaseError(
                     f"cannot connect to {redact_dsn(self.dsn)}: {first_line(exc)}"

@@ -56,6 +56,9 @@ class Settings:
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 4
     listen: bool = True
+    # Server-side prepared statements (psycopg prepares a query after 5 runs on a
+    # connection); off behind a transaction-mode pooler that cannot track them.
+    prepare: bool = True
     # Adaptive poll (DESIGN.md §4): fast when busy, slow when idle.
     poll_busy_s: float = 0.1
     poll_normal_s: float = 0.5
@@ -82,6 +85,10 @@ class Settings:
     retention_s: float = 7 * 86400.0
     pgdata: str = dataclasses.field(default_factory=default_pgdata)
     log_level: str = "INFO"
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """psycopg keyword arguments for every connection of this configuration."""
+        return {} if self.prepare else {"prepare_threshold": None}
 
     def __post_init__(self) -> None:
         problems = _problems(self)

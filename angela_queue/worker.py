@@ -35,6 +35,7 @@ from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
 from angela_queue.listener import listen as listen_for_work
 from angela_queue.reaper import Reaper, ReaperConfig
+from angela_queue.settings import Settings
 from angela_queue.sql import QUERIES as Q
 from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
 from angela_queue.types import Task
@@ -129,7 +130,7 @@ class Worker:
 
     async def run(self) -> None:
         dsn = self.app.dsn
-        conn = await _connect(dsn)
+        conn = await _connect(dsn, self.settings)
         store = AsyncTaskStore(conn)
         for queue in self.queues:
             if await store.queue_get(queue) is None:
@@ -171,6 +172,7 @@ class Worker:
             on_wedged=self._give_up_wedged,
             reaper=Reaper(ReaperConfig.from_settings(self.settings)),
             cleaner=Cleaner(CleanerConfig(retention_s=self.settings.retention_s)),
+            connect_kwargs=self.settings.connection_kwargs(),
         )
         ticker = asyncio.create_task(tick_forever(self.counters))
         heart.start()
@@ -215,6 +217,7 @@ class Worker:
     ) -> tuple[AsyncConnectionPool | None, ConnectionPool | None]:
         handlers = [h for h in self.app.registry if h.transactional]
         size = max(1, self.concurrency)
+        kwargs = self.settings.connection_kwargs()
         async_pool = sync_pool = None
         # check: a connection cut while it sat in the pool (a server restart) is replaced
         # before a handler gets it, instead of failing that task's attempt.
@@ -223,12 +226,18 @@ class Worker:
                 dsn,
                 min_size=1,
                 max_size=size,
+                kwargs=kwargs,
                 open=False,
                 check=AsyncConnectionPool.check_connection,
             )
         if any(not h.is_async for h in handlers):
             sync_pool = ConnectionPool(
-                dsn, min_size=1, max_size=size, open=True, check=ConnectionPool.check_connection
+                dsn,
+                min_size=1,
+                max_size=size,
+                kwargs=kwargs,
+                open=True,
+                check=ConnectionPool.check_connection,
             )
         return async_pool, sync_pool
 
@@ -294,7 +303,7 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await conn.close()
                 with contextlib.suppress(psycopg.OperationalError, errors.DatabaseError):
-                    conn = await _connect(self.app.dsn)
+                    conn = await _connect(self.app.dsn, self.settings)
                 self._reconnected = True
                 self._armed = False  # a restarted server has lost the (unlogged) flags
         return conn
@@ -490,7 +499,7 @@ class Worker:
             except (psycopg.OperationalError, errors.DatabaseError):
                 await asyncio.sleep(0.2 * (attempt + 1))
                 with contextlib.suppress(psycopg.OperationalError, errors.DatabaseError):
-                    conn = await _connect(self.app.dsn)
+                    conn = await _connect(self.app.dsn, self.settings)
         log.error(
             "could not record %d outcome(s); the reaper will reclaim them", len(self._outcomes)
         )
@@ -506,12 +515,15 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+async def _connect(dsn: str, settings: Settings) -> psycopg.AsyncConnection[Any]:
     """The loop's connection. Its statements are prepared and always run with their
     generic plan: planning the claim costs more than running it, and every statement here
-    has a plan that does not depend on its parameters (see task_claim in queries.sql)."""
+    has a plan that does not depend on its parameters (see task_claim in queries.sql).
+    With ``prepare`` off (behind a transaction pooler) neither: no session state at all."""
     try:
-        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, **settings.connection_kwargs()
+        )
     except psycopg.OperationalError as exc:
         from angela_queue.settings import redact_dsn
 

@@ -87,3 +87,31 @@ def empty_dsn(pg_server_dsn: str) -> Iterator[str]:
 def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(dsn, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server_dsn: str) -> Iterator[Any]:
+    """A PgBouncer in transaction mode in front of the session's server (tests/pgbouncer.py).
+
+    Tests marked ``pgbouncer`` use it; without Debian's pgbouncer they fail, saying so.
+    """
+    from tests.pgbouncer import PgBouncer, find_binary
+
+    binary = find_binary()
+    if binary is None:
+        pytest.fail(
+            "pgbouncer is not installed: `apt-get install -y pgbouncer` "
+            "(the tests marked pgbouncer need it; `make test` deselects them)",
+            pytrace=False,
+        )
+    bouncer = PgBouncer(binary, pg_server_dsn)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def pooled_dsn(dsn: str, pgbouncer: Any) -> str:
+    """This test's fresh database, through PgBouncer in transaction mode."""
+    return str(pgbouncer.dsn_for(dsn))

@@ -210,7 +210,7 @@ def serve(dsn: str, settings: Settings, *, host: str, port: int, token: str | No
                     signal.signal(sig, previous)
 
     _check_port_free(host, port)
-    pool = metrics.open_pool(dsn)
+    pool = metrics.open_pool(dsn, settings)
     app = create_app(pool, settings, token=token, loopback=is_loopback(host))
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     Server(config).run()

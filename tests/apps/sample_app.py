@@ -23,7 +23,7 @@ CREATE_RUNS = """CREATE TABLE IF NOT EXISTS test_runs (
 def _conn() -> psycopg.Connection[Any]:
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed:
-        conn = psycopg.connect(app.dsn, autocommit=True)
+        conn = psycopg.connect(app.dsn, autocommit=True, **app.settings.connection_kwargs())
         _local.conn = conn
     return conn
 

@@ -86,3 +86,10 @@ def test_redacted_dsn_never_shows_the_password(dsn):
     shown = redact_dsn(dsn)
     assert "s3cret" not in shown
     assert "db.example" in shown
+
+
+def test_prepare_off_turns_server_side_prepared_statements_off(tmp_path):
+    assert Settings().connection_kwargs() == {}
+    off = Settings.load(env={"ANGELA_QUEUE_PREPARE": "false"}, cwd=tmp_path)
+    assert off.prepare is False
+    assert off.connection_kwargs() == {"prepare_threshold": None}
