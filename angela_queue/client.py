@@ -21,6 +21,7 @@ from angela_queue.types import Enqueued, EnqueueRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 _REQUEST_FIELDS = {f.name for f in fields(EnqueueRequest)}
+_INTEGER_OPTIONS = ("priority", "max_attempts", "timeout_s")
 
 
 class App:
@@ -162,6 +163,11 @@ class App:
             "timeout_s": (handler and handler.timeout_s) or self.settings.timeout_s,
         }
         values = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        for name in _INTEGER_OPTIONS:
+            value = values.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                # The database would round 5.5 or cast '7' silently: refuse it here.
+                raise errors.InvalidTask(f"{name} must be an integer, not {value!r}")
         return EnqueueRequest(kind=kind, payload=dict(payload or {}), **values)
 
     def enqueue(

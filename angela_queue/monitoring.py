@@ -114,6 +114,8 @@ class Snapshot:
     slo: list[TierSlo]
     # The supervisors' last decisions (angela_queue.supervisor_decisions), newest first.
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    # Due pending kinds no live worker serves (unserved_kinds); None when not read.
+    unserved: list[dict[str, Any]] | None = None
 
     def active_queues(self) -> list[QueueStat]:
         return [q for q in self.queues if not q.idle]
@@ -127,6 +129,11 @@ class Snapshot:
             "slo": [jsonable(dataclasses.asdict(s)) for s in self.slo],
             "workers": [jsonable(dataclasses.asdict(w)) for w in self.workers],
             "decisions": [jsonable(d) for d in self.decisions],
+            **(
+                {"unserved_kinds": [jsonable(u) for u in self.unserved]}
+                if self.unserved is not None
+                else {}
+            ),
         }
 
 
@@ -172,6 +179,12 @@ def snapshot(
         for r in rows
     ]
     return Snapshot(datetime.now(UTC), queues, workers, slo, decisions)
+
+
+def unserved_kinds(store: TaskStore, limit: int = 20) -> list[dict[str, Any]] | None:
+    """Due pending tasks no live worker serves, by queue and kind (an unknown kind waits, as
+    designed); None for a role that may not read the tables (the monitor role)."""
+    return store.task_kinds_unserved(limit)
 
 
 def histograms(

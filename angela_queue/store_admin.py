@@ -95,6 +95,14 @@ class AdminQueries:
 
     # -- monitoring reads (through angela_queue.monitoring) ------------------------------------
 
+    def task_kinds_unserved(self, limit: int) -> list[dict[str, Any]] | None:
+        """Due pending (queue, kind) groups no live worker serves; None for a role that may
+        not read the tables (the monitor role reads the views only)."""
+        try:
+            return self._rows("task_kinds_unserved", {"limit": limit}, raw=True)
+        except pg_errors.InsufficientPrivilege:
+            return None
+
     def queue_stats_list(self) -> list[dict[str, Any]]:
         return self._rows("queue_stats_list", {})
 

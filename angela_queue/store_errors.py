@@ -61,6 +61,9 @@ def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueu
         return errors.SchemaError()
     if isinstance(exc, pg_errors.InvalidTextRepresentation | pg_errors.NumericValueOutOfRange):
         return errors.InvalidTask(message)
+    if exc.sqlstate == "22P05" or (exc.sqlstate is None and "NUL (0x00)" in message):
+        # NUL: psycopg refuses it in text parameters (no SQLSTATE), jsonb in strings (22P05).
+        return errors.InvalidTask(f"{message} (the NUL character \\u0000 cannot be stored)")
     return errors.DatabaseError(message)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -30,11 +31,12 @@ def show_status(
         store = TaskStore(conn)
 
         def read() -> monitoring.Snapshot:
-            return monitoring.snapshot(
+            snap = monitoring.snapshot(
                 store,
                 heartbeat_s=settings.heartbeat_s,
                 heartbeat_timeout_s=settings.heartbeat_timeout_s,
             )
+            return dataclasses.replace(snap, unserved=monitoring.unserved_kinds(store))
 
         if as_json:
             while True:
@@ -118,6 +120,16 @@ def render(snap: monitoring.Snapshot, show_all: bool = False) -> RenderableType:
             str(w.current_task_id or "-"),
         )
     parts: list[RenderableType] = [queues, workers]
+    if snap.unserved:
+        parts.append(Text("pending tasks no live worker serves (no handler for the kind here):"))
+    for u in snap.unserved or []:
+        parts.append(
+            Text(
+                f"  {u['queue']} {u['kind']}: {u['pending']} pending, "
+                f"oldest {_s(u['oldest_pending_age_s'])} s",
+                style="yellow",
+            )
+        )
     if snap.decisions:
         parts.append(Text("recent supervisor decisions:"))
     for d in snap.decisions:
