@@ -19,6 +19,7 @@ Handler-facing control flow (not errors): ``Retry`` asks for another attempt lat
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,9 +62,13 @@ class UnknownQueue(InvalidTask):
 
     def __init__(self, queue: str) -> None:
         self.queue = queue
-        super().__init__(
-            f"unknown queue {queue!r}: create it with `angela-queue queue set {queue}`"
+        # The hint repeats the name only when it is one (a hostile name stays on one line).
+        hint = (
+            f": create it with `angela-queue queue set {queue}`"
+            if re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", queue)
+            else " (and not a valid queue name)"
         )
+        super().__init__(f"unknown queue {queue!r}{hint}")
 
 
 class PayloadTooLarge(InvalidTask):

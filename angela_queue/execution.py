@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from angela_queue import retry
 from angela_queue.errors import BatchPartialFailure, Retry
+from angela_queue.payload import UndecodablePayload
 from angela_queue.registry import Handler
 from angela_queue.settings import Settings
 from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
@@ -51,6 +52,8 @@ class TaskRunner:
     async def run(self, handler: Handler, task: Task) -> Outcome | None:
         """Run ``task``; returns the Outcome to record, or None when it is already recorded
         (transactional handlers complete on their own connection)."""
+        if isinstance(task.payload, UndecodablePayload):
+            return self.undecodable(task)
         try:
             if handler.transactional:
                 await self._run_transactional(handler, task)
@@ -74,6 +77,11 @@ class TaskRunner:
         ``BatchPartialFailure`` to fail the tasks it names while the others succeed; any
         other exception fails every task, each retrying per its own attempts.
         """
+        bad = {t.id for t in batch if isinstance(t.payload, UndecodablePayload)}
+        if bad:  # those fail alone; the batch runs without them
+            good = [t for t in batch if t.id not in bad]
+            ran = {o.task_id: o for o in await self.run_batch(handler, good)} if good else {}
+            return [ran.get(t.id) or self.undecodable(t) for t in batch]
         try:
             timeout_s = max(t.timeout_s for t in batch)
             result = await self._call(handler, batch, timeout_s, batch[0].id)
@@ -96,6 +104,11 @@ class TaskRunner:
         except Exception as exc:
             text = _error_text(exc)
             return [self.failure(t, text) for t in batch]
+
+    def undecodable(self, task: Task) -> Outcome:
+        """Failed at once: another attempt could not decode the payload either."""
+        assert isinstance(task.payload, UndecodablePayload)
+        return Outcome(task.id, task.attempts, False, error=task.payload.reason)
 
     def released(self, task: Task, reason: str) -> Outcome:
         """Back to pending at once, even on its last attempt: a shutdown never fails a task."""

@@ -39,6 +39,8 @@ def translate_errors(queue: str | None = None) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise translate(exc, queue) from exc
+    except RecursionError as exc:  # json.dumps of a payload nested thousands of levels deep
+        raise errors.InvalidTask("payload is nested too deeply to encode as JSON") from exc
 
 
 def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueueError:

@@ -34,6 +34,7 @@ from angela_queue.client import App
 from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
 from angela_queue.listener import listen as listen_for_work
+from angela_queue.payload import decode_tolerantly
 from angela_queue.reaper import Reaper, ReaperConfig
 from angela_queue.settings import Settings
 from angela_queue.sql import QUERIES as Q
@@ -528,6 +529,7 @@ async def _connect(dsn: str, settings: Settings) -> psycopg.AsyncConnection[Any]
         from angela_queue.settings import redact_dsn
 
         raise errors.DatabaseError(f"cannot connect to {redact_dsn(dsn)}") from exc
+    decode_tolerantly(conn)  # a too deeply nested payload fails its task, not the worker
     if conn.prepare_threshold is not None:
         await conn.execute(Q["session_generic_plans"])
     return conn

@@ -269,3 +269,65 @@ def test_cli_bad_arguments_are_one_error_line_without_traceback(dsn, conn, args)
     errors_ = [line for line in result.stderr.splitlines() if line.lower().startswith("error")]
     assert len(errors_) == 1, result.stderr
     assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone() == (0,)
+
+
+def test_a_too_deeply_nested_payload_fails_its_task_not_the_worker(dsn, conn):
+    """PostgreSQL stores jsonb nested 3000 levels deep; Python's decoder cannot build it.
+    Found by test_fuzz.py: the claim raised RecursionError and the worker died."""
+    conn.execute(CREATE_RUNS)
+    deep = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, payload) VALUES ('test.noop', %s::jsonb)"
+        " RETURNING id",
+        ('{"x": ' + "[" * 3000 + "]" * 3000 + "}",),
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO angela_queue.tasks (kind) SELECT 'test.record' FROM generate_series(1, 10)"
+    )
+    worker = start_worker(dsn, "--no-listen", "--concurrency", "4")
+    try:
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM angela_queue.tasks"
+                    " WHERE status IN ('succeeded', 'failed')"
+                ).fetchone()[0]
+                == 11
+            ),
+            timeout=30,
+        )
+        assert worker.poll() is None
+    finally:
+        code, output = stop(worker)
+    assert code == 0 and "Traceback" not in output, output
+    status, attempts, error = conn.execute(
+        "SELECT status, attempts, last_error FROM angela_queue.tasks WHERE id = %s", (deep,)
+    ).fetchone()
+    assert (status, attempts) == ("failed", 1)  # at once: another attempt cannot decode it
+    assert error.startswith("UndecodablePayload: the payload is nested too deeply")
+
+
+def test_a_too_deeply_nested_payload_by_the_api_is_a_typed_error(dsn):
+    nested: list[object] = []
+    for _ in range(3000):
+        nested = [nested]
+    app = App(Settings(dsn=dsn))
+    try:
+        with pytest.raises(errors.InvalidTask, match="nested too deeply"):
+            app.enqueue("a.b", {"x": nested})
+        with pytest.raises(errors.InvalidTask, match="nested too deeply"):
+            app.enqueue_many([{"kind": "a.b", "payload": {"x": nested}}])
+    finally:
+        app.close()
+
+
+def test_a_hostile_unknown_queue_name_stays_on_one_line(dsn):
+    """Found by test_fuzz.py: the hint repeated the raw name, newline and all."""
+    app = App(Settings(dsn=dsn))
+    try:
+        with pytest.raises(errors.UnknownQueue) as exc:
+            app.enqueue("a.b", queue="x\n$(rm -rf /)")
+    finally:
+        app.close()
+    assert "\n" not in str(exc.value)
+    assert str(exc.value) == "unknown queue 'x\\n$(rm -rf /)' (and not a valid queue name)"
+    assert_one_line_error(cli("enqueue", "a.b", "--queue", "x\ny", dsn=dsn), "unknown queue")

@@ -1,0 +1,40 @@
+"""Payload decoding that no stored row can turn into a worker crash.
+
+PostgreSQL stores a jsonb payload nested thousands of levels deep, which Python's JSON
+decoder refuses (RecursionError) while loading the claim's rows. The worker's connections
+decode with ``tolerant_loads``: such a payload becomes an ``UndecodablePayload``, and the
+task fails at once with the reason instead of taking the worker down with it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from psycopg.types.json import set_json_loads
+
+UNDECODABLE_REASON = (
+    "UndecodablePayload: the payload is nested too deeply for Python's JSON decoder"
+)
+
+
+class UndecodablePayload(dict[str, Any]):
+    """An empty mapping standing for a payload Python cannot decode; ``reason`` says why."""
+
+    def __init__(self, reason: str = UNDECODABLE_REASON) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+def tolerant_loads(data: str | bytes) -> Any:
+    """``json.loads``, except that a too deeply nested document is an UndecodablePayload."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        return UndecodablePayload()
+
+
+def decode_tolerantly(conn: psycopg.AsyncConnection[Any] | psycopg.Connection[Any]) -> None:
+    """Make ``conn`` load json and jsonb with ``tolerant_loads``."""
+    set_json_loads(tolerant_loads, conn)
