@@ -35,8 +35,6 @@ from angela_queue import App, Settings, errors
 from angela_queue.store_errors import CONSTRAINT_MESSAGES
 from tests.e2e.helpers import start_worker, stop, wait_for
 
-pytestmark = pytest.mark.slow
-
 SERVED = ("fuzz.ok", "fuzz.fail", "fuzz.async_ok", "fuzz.tx")
 QUEUES = ("default", "fuzz")
 PAYLOAD_LIMIT = 65536
@@ -143,6 +141,7 @@ def api_insert(app: App, conn: psycopg.Connection[Any], t: dict[str, Any], now: 
         return None
 
 
+@pytest.mark.slow
 def test_any_insert_is_refused_by_name_or_driven_to_its_end_by_a_real_worker(dsn, conn):
     conn.execute("INSERT INTO angela_queue.queues (name) VALUES ('fuzz')")
     conn.execute(

@@ -166,6 +166,7 @@ def test_internal_columns_set_at_insert_are_normalised(conn):
     assert row == ("pending", 0, None, None, None, None, None)
 
 
+@pytest.mark.slow
 def test_unknown_kinds_stay_pending_are_named_by_status_and_never_crash_a_worker(dsn, conn):
     """A kind that is a valid name but has no handler (even one naming a Python callable)
     waits, as designed: the worker claims only the kinds it serves, never imports one."""
@@ -271,6 +272,7 @@ def test_cli_bad_arguments_are_one_error_line_without_traceback(dsn, conn, args)
     assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone() == (0,)
 
 
+@pytest.mark.slow
 def test_a_too_deeply_nested_payload_fails_its_task_not_the_worker(dsn, conn):
     """PostgreSQL stores jsonb nested 3000 levels deep; Python's decoder cannot build it.
     Found by test_fuzz.py: the claim raised RecursionError and the worker died."""
