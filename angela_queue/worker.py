@@ -516,14 +516,14 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _connect(dsn: str, settings: Settings) -> psycopg.AsyncConnection[Any]:
+async def _connect(dsn: str, settings: Settings | None = None) -> psycopg.AsyncConnection[Any]:
     """The loop's connection. Its statements are prepared and always run with their
     generic plan: planning the claim costs more than running it, and every statement here
     has a plan that does not depend on its parameters (see task_claim in queries.sql).
     With ``prepare`` off (behind a transaction pooler) neither: no session state at all."""
     try:
         conn = await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, **settings.connection_kwargs()
+            dsn, autocommit=True, **(settings.connection_kwargs() if settings else {})
         )
     except psycopg.OperationalError as exc:
         from angela_queue.settings import redact_dsn
