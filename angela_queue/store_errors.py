@@ -20,6 +20,8 @@ CONSTRAINT_MESSAGES = {
     "tasks_max_attempts_check": "max_attempts must be between 1 and 1000",
     "tasks_timeout_s_check": "timeout_s must be between 1 and 604800 seconds",
     "tasks_dedupe_key_check": "dedupe_key must be at most 500 characters",
+    "tasks_run_at_check": "run_at must be a finite time",
+    "tasks_enqueued_at_check": "enqueued_at must be a finite time",
     "queues_name_check": "invalid queue name: lowercase letters, digits, '_', '.', '-'",
     "queues_aging_rate_check": "aging_rate must be between 0 and 60 points per minute",
     "boost_rules_boost_check": "boost must be between -9 and 9",

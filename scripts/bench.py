@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -628,7 +629,10 @@ def scenario_enqueue(cfg: RunConfig, system: System, dsn: str, log_dir: Path) ->
             if i % 100 == 0:
                 check_elapsed(started, cfg.timeout_s, "the single-task enqueue")
         single_s = time.perf_counter() - started
-    expected = cfg.enqueue_tasks + cfg.single_tasks + 1
+    parallel_rate = enqueue_in_parallel(system, client, cfg)
+    expected = (
+        cfg.enqueue_tasks + cfg.single_tasks + 1 + PARALLEL_PRODUCERS * (1 + cfg.single_tasks)
+    )
     with connect(client) as conn:
         live = scalar(conn, system.live_sql())
         found = scalar(
@@ -639,7 +643,48 @@ def scenario_enqueue(cfg: RunConfig, system: System, dsn: str, log_dir: Path) ->
     return [
         Sample("bulk", "bulk enqueue", cfg.enqueue_tasks / bulk_s, "tasks/s"),
         Sample("single", "single enqueue, 1 commit each", cfg.single_tasks / single_s, "tasks/s"),
+        Sample(
+            "parallel",
+            f"single enqueue, {PARALLEL_PRODUCERS} producers at once",
+            parallel_rate,
+            "tasks/s",
+        ),
     ]
+
+
+PARALLEL_PRODUCERS = 8
+
+
+def enqueue_in_parallel(system: System, client: str, cfg: RunConfig) -> float:
+    """Single-task enqueues from PARALLEL_PRODUCERS threads, each with its own producer and
+    connection, one commit per task: what concurrent commits cost together (group commit;
+    a NOTIFY in every commit would serialise them)."""
+    producers = [system.producer(client, cfg.timeout_s) for _ in range(PARALLEL_PRODUCERS)]
+    failures: list[BaseException] = []
+
+    def send(prod: Producer) -> None:
+        try:
+            for i in range(cfg.single_tasks):
+                prod.one(i, time.time())
+        except BaseException as exc:  # reported below, after every thread ended
+            failures.append(exc)
+
+    try:
+        for prod in producers:
+            prod.one(-1, time.time())  # connections opened, statements prepared
+        threads = [threading.Thread(target=send, args=(p,)) for p in producers]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(cfg.timeout_s)
+        elapsed = time.perf_counter() - started
+    finally:
+        for prod in producers:
+            prod.close()
+    if failures or any(t.is_alive() for t in threads):
+        raise BenchError(f"parallel enqueue: {first_line(failures[0]) if failures else 'hung'}")
+    return PARALLEL_PRODUCERS * cfg.single_tasks / elapsed
 
 
 def scenario_drain(cfg: RunConfig, system: System, dsn: str, log_dir: Path) -> list[Sample]:
@@ -1061,9 +1106,11 @@ def describe(cfg: RunConfig, scenario: str) -> str:
     if scenario == "enqueue":
         return (
             f"{cfg.enqueue_tasks:,} no-op tasks through each system's bulk API in chunks of "
-            f"{cfg.chunk:,} (angela-queue enqueue_many = COPY; PGQueuer Queries.enqueue with "
-            "lists; Procrastinate batch_defer_async; plain SQL COPY), then "
-            f"{cfg.single_tasks:,} through its single-task API, one commit each"
+            f"{cfg.chunk:,} (angela-queue enqueue_many = one task_insert_many call; PGQueuer "
+            "Queries.enqueue with lists; Procrastinate batch_defer_async; plain SQL COPY), then "
+            f"{cfg.single_tasks:,} through its single-task API, one commit each, then "
+            f"{cfg.single_tasks:,} from each of {PARALLEL_PRODUCERS} producer threads at once "
+            "(own connection each, one commit per task)"
         )
     if scenario == "drain":
         return (

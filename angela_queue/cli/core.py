@@ -53,7 +53,10 @@ def worker(
             "--listen/--no-listen", help="LISTEN/NOTIFY wake-up; --no-listen for poolers."
         ),
     ] = True,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: ANGELA_QUEUE_LOG_LEVEL)."),
+    ] = None,
     log_format: Annotated[
         str, typer.Option(help="text (one readable line per event) or json (one object).")
     ] = "text",
@@ -62,8 +65,8 @@ def worker(
     """Run a worker until SIGTERM/SIGINT, then finish running tasks and exit 0."""
     from angela_queue.worker import run_worker
 
-    setup_logging(log_level, log_format)
     settings = load_settings(dsn=dsn)
+    setup_logging(log_level or settings.log_level, log_format)
     application = load_app(app_spec, settings)
     code = run_worker(
         application, queues=tuple(queue) if queue else None, concurrency=concurrency, listen=listen

@@ -38,11 +38,13 @@ def supervise(
     check_interval: Annotated[
         float | None, typer.Option(help="Seconds between checks (long-running).")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: ANGELA_QUEUE_LOG_LEVEL)."),
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Keep this host's worker processes between min and max, following the backlog."""
-    setup_logging(log_level)
     if profile is not None and profile not in PROFILES:
         raise CliError(f"--profile must be one of {', '.join(PROFILES)}")
     settings = load_settings(
@@ -52,6 +54,7 @@ def supervise(
         max_workers=max_workers,
         check_interval_s=check_interval,
     )
+    setup_logging(log_level or settings.log_level)
     load_app(app_spec, settings)  # fail here, not in every worker it would start
     config = SupervisorConfig(
         app_spec=app_spec,

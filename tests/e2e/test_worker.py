@@ -341,3 +341,22 @@ def test_enqueue_into_a_full_queue_succeeds_when_a_worker_frees_room(dsn, runs):
         ]
         == "succeeded"
     )
+
+
+def test_the_log_level_setting_applies_when_no_flag_is_given(dsn, conn):
+    """ANGELA_QUEUE_LOG_LEVEL (README, Configuration) is the default of --log-level."""
+    quiet = start_worker(dsn, env={"ANGELA_QUEUE_LOG_LEVEL": "WARNING"})
+    loud = start_worker(dsn, "--log-level", "INFO", env={"ANGELA_QUEUE_LOG_LEVEL": "WARNING"})
+    wait_for(
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
+            ).fetchone()[0]
+            == 2
+        )
+    )
+    quiet_code, quiet_out = stop(quiet)
+    loud_code, loud_out = stop(loud)
+    assert (quiet_code, loud_code) == (0, 0)
+    assert "started: pid" not in quiet_out
+    assert "started: pid" in loud_out  # the flag wins over the setting
