@@ -2,9 +2,9 @@
 
 NOTIFY is not free: a transaction that notifies takes one lock for the whole cluster at
 commit and keeps it through its WAL flush, so notifying transactions commit one at a time
-and group commit is lost. Measured on a 2-core machine with 8 producers inserting one task
-per transaction: about 450 inserts/s with a NOTIFY in each, about 1,800/s without. A wake-up
-is only useful to a worker that sleeps, so a queue now carries a flag, "a worker waits":
+and group commit is lost (scripts/bench.py measures concurrent commits: "single enqueue,
+8 producers at once"). A wake-up is only useful to a worker that sleeps, so a queue now
+carries a flag, "a worker waits":
 
 - a worker about to sleep sets its queues' flags (angela_queue.queue_arm) and then claims
   once more before it sleeps;
