@@ -100,7 +100,8 @@ def fail_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "ids": [o.task_id for o in outcomes],
         "attempts": [o.attempts for o in outcomes],
         "errors": [o.error for o in outcomes],
-        "retry_in_s": [o.retry_in_s for o in outcomes],
+        # float() each: psycopg refuses a list mixing ints and floats.
+        "retry_in_s": [None if o.retry_in_s is None else float(o.retry_in_s) for o in outcomes],
     }
 
 

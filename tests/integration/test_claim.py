@@ -264,3 +264,29 @@ def test_the_worker_connection_claims_with_a_generic_plan_that_scans_no_table(ds
     assert claimed == 30
     assert generic_plans == 3
     assert seq_scans == 0
+
+
+def test_failures_with_integer_and_float_retry_delays_are_written_together(dsn, conn):
+    """A handler's Retry(in_s=5) is an int, a backoff a float: psycopg refuses a list that
+    mixes them, and the whole flush of failures used to fail with it."""
+    ids = [add(conn) for _ in range(3)]
+    tasks = claim(dsn, 3)
+
+    async def go() -> set[int]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            return await AsyncTaskStore(c).task_fail_many(
+                1,
+                [
+                    Outcome(tasks[0].id, 1, False, error="x", retry_in_s=5),
+                    Outcome(tasks[1].id, 1, False, error="x", retry_in_s=2.4),
+                    Outcome(tasks[2].id, 1, False, error="x", retry_in_s=None),
+                ],
+            )
+
+    assert asyncio.run(go()) == set(ids)
+    rows = conn.execute(
+        "SELECT status, round(extract(epoch FROM run_at - now())) FROM angela_queue.tasks"
+        " ORDER BY id"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["pending", "pending", "failed"]
+    assert [float(r[1]) for r in rows[:2]] == [5.0, 2.0]
