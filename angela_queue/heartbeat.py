@@ -9,7 +9,9 @@ round trip per task.
 
 The same thread watches the event loop (a loop that stops ticking is ``stuck``; one that
 stays silent past its tasks' timeouts is given up on) and, after a successful beat, runs
-this worker's share of reaping on the same connection.
+this worker's share of reaping on the same connection. A worker that did work since its
+last beat also raises its queues' claim floors (migration 0014): its claims left dead
+index entries behind, and the next claims should start past them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -138,6 +140,7 @@ class Heartbeater:
         on_wedged: Callable[[TaskStore, float], object] | None = None,
         reaper: Reaper | None = None,
         cleaner: Cleaner | None = None,
+        floors: tuple[Sequence[str], Sequence[str]] | None = None,
         connect_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.dsn = dsn
@@ -151,6 +154,7 @@ class Heartbeater:
         self.on_wedged = on_wedged
         self.reaper = reaper
         self.cleaner = cleaner
+        self.floors = floors  # (queues, kinds) whose claim floors to raise
         self.schedule = Schedule(reaper.config) if reaper is not None else None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -202,6 +206,16 @@ class Heartbeater:
             self.on_wedged(store, silent)
         self._reap(store)
         self._clean(store)
+        if params["completed"] or params["failed"] or params["status"] == "active":
+            self._raise_floors(store)
+
+    def _raise_floors(self, store: TaskStore) -> None:
+        if self.floors is None or self._stop.is_set():
+            return
+        try:
+            store.claim_floor_raise(*self.floors)
+        except Exception as exc:
+            log.warning("raising claim floors failed (will retry): %s", first_line(exc))
 
     def _clean(self, store: TaskStore) -> None:
         if self.cleaner is None or self._stop.is_set() or not self.cleaner.due():

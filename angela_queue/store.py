@@ -198,6 +198,15 @@ class TaskStore(AdminQueries):
             row = self.conn.execute(Q["worker_heartbeat"], params).fetchone()
         return None if row is None else bool(row[0])
 
+    def claim_floor_raise(self, queues: Sequence[str], kinds: Sequence[str]) -> int:
+        """Raise the claim floors of these queues' kinds (migration 0014); returns how many
+        were written. A queue with a producer in flight is left for the next call."""
+        with translate_errors():
+            row = self.conn.execute(
+                Q["claim_floor_raise"], {"queues": list(queues), "kinds": list(kinds)}
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
     def worker_mark_dead(self, worker_id: int) -> None:
         with translate_errors():
             self.conn.execute(Q["worker_mark_dead"], {"id": worker_id})

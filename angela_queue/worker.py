@@ -173,6 +173,7 @@ class Worker:
             on_wedged=self._give_up_wedged,
             reaper=Reaper(ReaperConfig.from_settings(self.settings)),
             cleaner=Cleaner(CleanerConfig(retention_s=self.settings.retention_s)),
+            floors=(self.queues, self.kinds),
             connect_kwargs=self.settings.connection_kwargs(),
         )
         ticker = asyncio.create_task(tick_forever(self.counters))

@@ -77,10 +77,14 @@ WITH promoted AS (
                - c.sort_key AS effective_priority
       FROM angela_queue.queues q
      CROSS JOIN unnest(%(kinds)s::text[]) AS k(kind)
+      LEFT JOIN angela_queue.claim_floors f ON f.queue = q.name AND f.kind = k.kind
      CROSS JOIN LATERAL (
             SELECT t.id, t.sort_key
               FROM angela_queue.tasks t
              WHERE t.status = 'pending' AND t.ready AND t.queue = q.name AND t.kind = k.kind
+               -- No due task lies below the floor (migration 0014): the scan starts there,
+               -- past the dead entries a long transaction keeps in the index.
+               AND t.sort_key >= coalesce(f.floor, '-infinity')
              ORDER BY t.sort_key, t.id
              LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED
@@ -91,20 +95,23 @@ WITH promoted AS (
                         WHERE w.id = %(worker_id)s AND w.status = 'dead')
      ORDER BY effective_priority DESC, c.id
      LIMIT %(limit)s
+), claimed AS (
+    UPDATE angela_queue.tasks t
+       SET status = 'running',
+           attempts = t.attempts + 1,
+           worker_id = %(worker_id)s,
+           started_at = coalesce(%(now)s::timestamptz, now()),
+           first_started_at = coalesce(t.first_started_at, %(now)s::timestamptz, now())
+      FROM candidates c
+     -- = ANY(ARRAY(…)) keeps the plan an index scan of the few candidates even when it is the
+     -- generic plan of a prepared statement, which cannot know how small %(limit)s is.
+     WHERE t.id = ANY(ARRAY(SELECT id FROM candidates)) AND t.id = c.id
+    RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
+              t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
+              t.dedupe_key, t.timeout_s, c.effective_priority, t.worker_id
 )
-UPDATE angela_queue.tasks t
-   SET status = 'running',
-       attempts = t.attempts + 1,
-       worker_id = %(worker_id)s,
-       started_at = coalesce(%(now)s::timestamptz, now()),
-       first_started_at = coalesce(t.first_started_at, %(now)s::timestamptz, now())
-  FROM candidates c
- -- = ANY(ARRAY(…)) keeps the plan an index scan of the few candidates even when it is the
- -- generic plan of a prepared statement, which cannot know how small %(limit)s is.
- WHERE t.id = ANY(ARRAY(SELECT id FROM candidates)) AND t.id = c.id
-RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
-          t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
-          t.dedupe_key, t.timeout_s, c.effective_priority, t.worker_id;
+-- RETURNING keeps no order of its own: the worker starts tasks in the order they come.
+SELECT * FROM claimed ORDER BY effective_priority DESC, id;
 
 -- name: task_complete_many
 -- Fenced: only rows still running under this worker and attempt change. A task that was
@@ -287,6 +294,12 @@ UPDATE angela_queue.workers
  WHERE id = %(id)s AND status <> 'dead'
 RETURNING stop_requested;
 
+-- name: claim_floor_raise
+-- Move each queue's claim floors up to its first due task (migration 0014), one queue at a
+-- time in name order; each function call only tries the queue's lock, never waits for it.
+SELECT coalesce(sum(angela_queue.claim_floor_raise(q, %(kinds)s::text[])), 0)::integer
+  FROM (SELECT DISTINCT unnest(%(queues)s::text[]) AS q ORDER BY 1) queues;
+
 -- name: worker_mark_dead
 UPDATE angela_queue.workers
    SET status = 'dead', heartbeat_at = now(), current_task_id = NULL
@@ -446,21 +459,26 @@ WITH mates AS (
       JOIN angela_queue.queues q ON q.name = t.queue
      WHERE t.status = 'pending' AND t.ready AND t.tier = 'low'
        AND t.queue = %(queue)s AND t.kind = %(kind)s AND t.batch_key = %(batch_key)s
+       AND t.sort_key >= coalesce((SELECT f.floor FROM angela_queue.claim_floors f
+                                    WHERE f.queue = %(queue)s AND f.kind = %(kind)s),
+                                  '-infinity')  -- see task_claim
      ORDER BY t.sort_key, t.id
      LIMIT %(limit)s
        FOR UPDATE OF t SKIP LOCKED
+), claimed AS (
+    UPDATE angela_queue.tasks t
+       SET status = 'running',
+           attempts = t.attempts + 1,
+           worker_id = %(worker_id)s,
+           started_at = now(),
+           first_started_at = coalesce(t.first_started_at, now())
+      FROM mates m
+     WHERE t.id = ANY(ARRAY(SELECT id FROM mates)) AND t.id = m.id  -- see task_claim
+    RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
+              t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
+              t.dedupe_key, t.timeout_s, m.effective_priority, t.worker_id
 )
-UPDATE angela_queue.tasks t
-   SET status = 'running',
-       attempts = t.attempts + 1,
-       worker_id = %(worker_id)s,
-       started_at = now(),
-       first_started_at = coalesce(t.first_started_at, now())
-  FROM mates m
- WHERE t.id = ANY(ARRAY(SELECT id FROM mates)) AND t.id = m.id  -- see task_claim
-RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
-          t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
-          t.dedupe_key, t.timeout_s, m.effective_priority, t.worker_id;
+SELECT * FROM claimed ORDER BY effective_priority DESC, id;  -- see task_claim
 
 -- Monitoring reads (angela_queue/monitoring.py): the views, plus the few task lists the
 -- dashboard and the metrics need. Each reads live rows through a partial index, or the last

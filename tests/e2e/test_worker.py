@@ -360,3 +360,32 @@ def test_the_log_level_setting_applies_when_no_flag_is_given(dsn, conn):
     assert (quiet_code, loud_code) == (0, 0)
     assert "started: pid" not in quiet_out
     assert "started: pid" in loud_out  # the flag wins over the setting
+
+
+def test_a_worker_that_did_work_raises_its_claim_floors_and_an_idle_one_does_not(dsn, runs):
+    """Migration 0014: the heartbeat thread moves the floors of the worker's kinds up to the
+    first due task once its claims left dead index entries behind."""
+    floors = "SELECT kind, floor FROM angela_queue.claim_floors WHERE queue = 'default'"
+    worker = start_worker(
+        dsn, env={"ANGELA_QUEUE_HEARTBEAT_S": "0.2", "ANGELA_QUEUE_HEARTBEAT_TIMEOUT_S": "5"}
+    )
+    try:
+        wait_for(
+            lambda: (
+                count(runs, "true") == 0
+                and runs.execute(
+                    "SELECT count(*) FROM angela_queue.workers WHERE heartbeat_at > started_at"
+                ).fetchone()[0]
+            )
+        )
+        time.sleep(0.5)  # beats of an idle worker
+        assert runs.execute(floors).fetchall() == []
+        app = App(Settings(dsn=dsn))
+        app.enqueue_many([{"kind": "test.record"} for _ in range(20)])
+        app.close()
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 20)
+        rows = wait_for(lambda: runs.execute(floors).fetchall(), timeout=5)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    assert ("test.record", float("inf")) in rows  # nothing due is left: +infinity

@@ -155,6 +155,11 @@ MATRIX = [
     (PRODUCER, "DROP TABLE angela_queue.tasks", False),
     (PRODUCER, "CREATE TABLE angela_queue.mine (x int)", False),
     (PRODUCER, "SELECT * FROM angela_queue.queue_stats", False),
+    # Claim floors (migration 0014): lowered by the triggers, raised by workers; a floor set
+    # too high would hide tasks, so nobody writes one directly.
+    (PRODUCER, "UPDATE angela_queue.claim_floors SET floor = 'infinity'", False),
+    (PRODUCER, "SELECT angela_queue.claim_floor_raise('default', '{a.b}')", False),
+    (PRODUCER, "SELECT angela_queue.claim_floor_lower('default', 'a.b', 0)", False),
     # A worker claims, completes, reaps, prunes and registers; it never reconfigures or
     # reshapes the queue.
     (WORKER, f"UPDATE angela_queue.tasks SET status = 'running', attempts = attempts + 1"
@@ -175,6 +180,13 @@ MATRIX = [
     (WORKER, "DROP TABLE angela_queue.tasks", False),
     (WORKER, "ALTER TABLE angela_queue.tasks DROP CONSTRAINT tasks_kind_check", False),
     (WORKER, "CREATE TABLE angela_queue.mine (x int)", False),
+    (WORKER, "SELECT angela_queue.claim_floor_raise('default', '{a.b}')", True),
+    (WORKER, "SELECT floor FROM angela_queue.claim_floors", True),
+    (WORKER, "UPDATE angela_queue.claim_floors SET floor = 'infinity'", False),
+    (WORKER, "INSERT INTO angela_queue.claim_floors VALUES ('default', 'a.b', 'infinity')", False),
+    (WORKER, "SELECT angela_queue.claim_floor_lower('default', 'a.b', 0)", False),
+    (WORKER, f"UPDATE angela_queue.tasks SET sort_key = sort_key - 1 WHERE id = {TASK}",
+     True),  # the floor trigger writes as its owner
     # A monitor reads the views, and nothing else.
     (MONITOR, "SELECT * FROM angela_queue.queue_stats", True),
     (MONITOR, "SELECT * FROM angela_queue.worker_stats", True),
@@ -187,6 +199,7 @@ MATRIX = [
     (MONITOR, "INSERT INTO angela_queue.workers (hostname, pid, queues) VALUES ('h', 1,"
      " '{default}')", False),
     (MONITOR, "CREATE VIEW angela_queue.mine AS SELECT 1", False),
+    (MONITOR, "SELECT * FROM angela_queue.claim_floors", False),
 ]  # fmt: skip
 
 
