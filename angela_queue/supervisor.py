@@ -112,12 +112,15 @@ class Supervisor:
             else:
                 live.append(row)
         self._reap_children()
+        # Only the workers of this supervisor's queues are counted and may be asked to stop:
+        # another supervisor of the same host may serve other queues.
+        queues = self.config.queues
+        live = [w for w in live if set(w["queues"]) == set(queues)]
         # Workers this process started that never registered yet (Python still starting)
         # count too, or a check soon after a spawn would start the same workers again. One
         # seen registered once no longer counts here, also while it exits after a stop.
         self.registered.update(int(row["pid"]) for row in live)
         starting = [pid for pid in self.children if pid not in self.registered]
-        queues = self.config.queues
         pending = store.queue_count_ready(queues, PENDING_CAP)
         at_risk = store.supervisor_tiers_at_risk(queues)
         active = [w for w in live if not w["stop_requested"]]

@@ -439,8 +439,8 @@ SELECT DISTINCT tier FROM angela_queue.tier_slo
 
 -- name: worker_list_host
 -- This host's workers that are not known dead, for the supervisor to check against the
--- process table.
-SELECT id, pid, status, stop_requested, started_at, last_active_at, current_task_id,
+-- process table (whatever their queues: a dead or stuck one is handled by any supervisor).
+SELECT id, pid, status, stop_requested, started_at, last_active_at, current_task_id, queues,
        extract(epoch FROM now() - heartbeat_at)::double precision AS heartbeat_age_s
   FROM angela_queue.workers
  WHERE hostname = %(hostname)s AND status <> 'dead'

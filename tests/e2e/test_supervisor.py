@@ -13,7 +13,7 @@ import pytest
 
 from angela_queue.supervisor import is_worker_command
 from tests.apps.sample_app import CREATE_RUNS
-from tests.e2e.helpers import ROOT, wait_for
+from tests.e2e.helpers import ROOT, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -287,3 +287,25 @@ def test_workers_still_starting_count_so_a_quick_check_starts_no_more(dsn, runs)
     assert sup.returncode == 0, output
     assert output.count("started worker pid") == 2, output
     assert runs.execute("SELECT count(*) FROM angela_queue.workers").fetchone() == (2,)
+
+
+def test_workers_of_other_queues_on_the_host_are_neither_counted_nor_stopped(dsn, runs):
+    """Two supervisors of one host may serve different queues: each counts, and may stop,
+    only the workers of its own queues."""
+    runs.execute("INSERT INTO angela_queue.queues (name) VALUES ('other')")
+    other = start_worker(dsn, "--queue", "other", env=FAST)
+    try:
+        wait_for(lambda: len(live_workers(runs)) == 1)
+        first = supervise(dsn, "--once", "--profile", "low")
+        assert first.returncode == 0, first.stderr
+        assert "start 2: no workers: start from base" in first.stdout
+        wait_for(lambda: len(live_workers(runs)) == 3)
+        second = supervise(dsn, "--once", "--profile", "low", "--min-workers", "1")
+        assert second.returncode == 0, second.stderr
+        assert "stop 1: pending 0 < 2" in second.stdout
+        asked = runs.execute(
+            "SELECT queues FROM angela_queue.workers WHERE stop_requested"
+        ).fetchall()
+        assert asked == [(["default"],)]
+    finally:
+        stop(other)
