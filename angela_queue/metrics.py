@@ -34,6 +34,7 @@ log = logging.getLogger("angela_queue.metrics")
 PREFIX = "angela_queue"
 QT = ["queue", "tier"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNSERVED_LIMIT = 50  # (queue, kind) label pairs at most: kinds come from producers
 
 
 def open_pool(dsn: str, settings: Settings | None = None) -> ConnectionPool:
@@ -63,6 +64,7 @@ class QueueCollector:
                     heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
                 )
                 hists = monitoring.histograms(store)
+                unserved = monitoring.unserved_kinds(store, UNSERVED_LIMIT) or []
         except (psycopg.Error, errors.AngelaQueueError, PoolTimeout) as exc:
             log.warning("metrics scrape could not read the database: %s", exc)
             yield _gauge("up", "1 when the last scrape could read the database.", [], [([], 0)])
@@ -71,6 +73,13 @@ class QueueCollector:
         yield from queue_families(snap)
         yield from histogram_families(hists)
         yield from worker_families(snap)
+        yield _gauge(
+            "unserved_pending",
+            "Due pending tasks no live worker serves, by queue and kind (the largest groups,"
+            f" up to {UNSERVED_LIMIT}): they wait until a worker with their handler starts.",
+            ["queue", "kind"],
+            [([u["queue"], u["kind"]], float(u["pending"])) for u in unserved],
+        )
         yield _gauge(
             "scrape_duration_seconds",
             "Time this scrape spent reading the database.",

@@ -183,7 +183,7 @@ def snapshot(
 
 def unserved_kinds(store: TaskStore, limit: int = 20) -> list[dict[str, Any]] | None:
     """Due pending tasks no live worker serves, by queue and kind (an unknown kind waits, as
-    designed); None for a role that may not read the tables (the monitor role)."""
+    designed); None for a role that may not read the view unserved_kinds."""
     return store.task_kinds_unserved(limit)
 
 

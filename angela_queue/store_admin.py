@@ -96,8 +96,8 @@ class AdminQueries:
     # -- monitoring reads (through angela_queue.monitoring) ------------------------------------
 
     def task_kinds_unserved(self, limit: int) -> list[dict[str, Any]] | None:
-        """Due pending (queue, kind) groups no live worker serves; None for a role that may
-        not read the tables (the monitor role reads the views only)."""
+        """Due pending (queue, kind) groups no live worker serves (the view unserved_kinds);
+        None for a role that may not read it."""
         try:
             return self._rows("task_kinds_unserved", {"limit": limit}, raw=True)
         except pg_errors.InsufficientPrivilege:

@@ -584,17 +584,9 @@ DELETE FROM angela_queue.workers w
 RETURNING w.id;
 
 -- name: task_kinds_unserved
--- Due pending tasks that no live worker would claim: no worker serves both their queue and
--- their kind (an unknown kind, a typo, a handler not deployed yet). They wait, as designed,
--- until one does; `angela-queue status` names them. Reads the due pending rows
--- (tasks_claim_idx's predicate) and the live workers only.
-SELECT t.queue, t.kind, count(*) AS pending,
-       date_part('epoch', now() - min(t.aging_from)) AS oldest_pending_age_s
-  FROM angela_queue.tasks t
- WHERE t.status = 'pending' AND t.ready
-   AND NOT EXISTS (SELECT 1 FROM angela_queue.workers w
-                    WHERE w.status <> 'dead' AND t.queue = ANY (w.queues)
-                      AND t.kind = ANY (w.kinds))
- GROUP BY t.queue, t.kind
- ORDER BY count(*) DESC, t.queue, t.kind
+-- Due pending tasks that no live worker would claim (the view of migration 0015), the
+-- largest groups first.
+SELECT queue, kind, pending, oldest_pending_age_s
+  FROM angela_queue.unserved_kinds
+ ORDER BY pending DESC, queue, kind
  LIMIT %(limit)s;

@@ -85,6 +85,11 @@ def test_metrics_endpoint_parses_and_carries_the_queue(dsn):
     with psycopg.connect(dsn, autocommit=True) as conn:
         seed_history(conn)
         add_worker(conn, status="active", heartbeat_ago=1, completed=9)
+        row = conn.execute(
+            "SELECT count(*) FROM angela_queue.tasks WHERE status = 'pending' AND ready"
+        ).fetchone()
+        assert row is not None
+        due = row[0]
     port = free_port()
     proc = serve(dsn, "metrics", "--port", str(port))
     try:
@@ -107,6 +112,7 @@ def test_metrics_endpoint_parses_and_carries_the_queue(dsn):
         "angela_queue_wait_seconds",
         "angela_queue_processing_seconds",
         "angela_queue_worker_tasks",
+        "angela_queue_unserved_pending",
     ):
         assert name in fams, name
 
@@ -128,6 +134,8 @@ def test_metrics_endpoint_parses_and_carries_the_queue(dsn):
     assert value("angela_queue_wait_seconds_bucket", tier="high", le="+Inf") == 5
     assert value("angela_queue_wait_seconds_bucket", tier="high", le="60") == 4
     assert value("angela_queue_worker_tasks_total", outcome="succeeded") == 9
+    # The seeded tasks are all of kind a.b, which the seeded worker has no handler for.
+    assert value("angela_queue_unserved_pending", queue="default", kind="a.b") == due > 0
     assert code == 0 and "Traceback" not in output
 
 

@@ -217,13 +217,28 @@ def test_unknown_kinds_stay_pending_are_named_by_status_and_never_crash_a_worker
     assert "default os.system: 1 pending" in table.stdout
 
 
-def test_the_monitor_role_reads_status_without_the_unserved_kinds(conn):
-    conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('no.handler')")
+def test_the_unserved_kinds_view_names_what_no_live_worker_serves_to_the_monitor_role(conn):
+    conn.execute(
+        "INSERT INTO angela_queue.queues (name) VALUES ('other');"
+        "INSERT INTO angela_queue.tasks (kind, queue) VALUES ('no.handler', 'default'),"
+        " ('no.handler', 'default'), ('a.b', 'default'), ('a.b', 'other'), ('c.d', 'default');"
+        "INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('later', now() + interval '1 h');"
+        "INSERT INTO angela_queue.workers (hostname, pid, queues, kinds, status) VALUES"
+        " ('h', 1, '{default}', '{a.b}', 'idle'), ('h', 2, '{default}', '{c.d}', 'dead')"
+    )
     store = TaskStore(conn)
-    assert [r["kind"] for r in store.task_kinds_unserved(10) or []] == ["no.handler"]
     conn.execute("SET ROLE angela_queue_monitor")
     try:
-        assert store.task_kinds_unserved(10) is None
+        rows = store.task_kinds_unserved(10)
+        assert rows is not None
+        assert [(r["queue"], r["kind"], r["pending"]) for r in rows] == [
+            ("default", "no.handler", 2),
+            ("default", "c.d", 1),  # its only worker is dead
+            ("other", "a.b", 1),  # served in another queue only
+        ]
+        assert all(r["oldest_pending_age_s"] >= 0 for r in rows)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM angela_queue.tasks")
     finally:
         conn.execute("RESET ROLE")
 

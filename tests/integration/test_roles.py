@@ -191,6 +191,7 @@ MATRIX = [
     (MONITOR, "SELECT * FROM angela_queue.queue_stats", True),
     (MONITOR, "SELECT * FROM angela_queue.worker_stats", True),
     (MONITOR, "SELECT * FROM angela_queue.tier_slo", True),
+    (MONITOR, "SELECT * FROM angela_queue.unserved_kinds", True),
     (MONITOR, "SELECT id FROM angela_queue.tasks", False),
     (MONITOR, "SELECT * FROM angela_queue.supervisor_decisions", False),
     (MONITOR, "SELECT * FROM angela_queue.tiers", False),
