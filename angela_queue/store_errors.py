@@ -57,6 +57,8 @@ def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueu
         return errors.QueueFull(queue or "?", message)
     if exc.sqlstate == "AQ005":
         return errors.InvalidTask(message)
+    if exc.sqlstate == "23503" and diag.constraint_name == "queue_waiters_queue_fkey":
+        return errors.UnknownQueue(queue or message)  # a worker arming a deleted queue
     if isinstance(exc, pg_errors.CheckViolation | pg_errors.NotNullViolation):
         constraint = diag.constraint_name
         text = CONSTRAINT_MESSAGES.get(constraint or "", message)

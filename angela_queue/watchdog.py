@@ -30,6 +30,9 @@ EXIT_DECLARED_DEAD = 3
 # A handler would not return (or blocked the event loop) well past its timeout: the process
 # gave up on it. Restart it.
 EXIT_STUCK = 4
+# A queue this worker serves was deleted while it ran. A restart would refuse to start
+# (unknown queue): fix the worker's queues, or create the queue again.
+EXIT_QUEUE_GONE = 5
 
 # How often the event loop proves it is alive to the heartbeat thread.
 LOOP_TICK_S = 0.5

@@ -8,7 +8,8 @@ capped count at each poll.
 
 Exit codes: 0 after a graceful stop; ``EXIT_DECLARED_DEAD`` when a reaper declared the
 worker dead (it was paused or cut off); ``EXIT_STUCK`` when a handler would not return.
-The last two ask a supervisor (or systemd) for a fresh process.
+The last two ask a supervisor (or systemd) for a fresh process. ``EXIT_QUEUE_GONE`` when a
+queue it served was deleted: a fresh process would refuse to start.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from angela_queue.types import Task
 from angela_queue.watchdog import (
     EXIT_DECLARED_DEAD,
     EXIT_OK,
+    EXIT_QUEUE_GONE,
     EXIT_STUCK,
     HARD_EXIT_MARGIN_S,
     exit_code_for,
@@ -293,6 +295,13 @@ class Worker:
                         self.settings.poll_idle_s,
                     )
                 )
+            except errors.UnknownQueue as exc:
+                log.error(
+                    "stopping: a queue this worker serves was deleted (%s)",
+                    exc.queue,
+                    extra={"event": "queue_gone", "worker_id": self.worker_id},
+                )
+                self.request_stop(f"queue {exc.queue!r} was deleted", EXIT_QUEUE_GONE)
             except (psycopg.OperationalError, errors.DatabaseError) as exc:
                 log.warning(
                     "database connection lost (%s); reconnecting in %.1f s",

@@ -389,3 +389,28 @@ def test_a_worker_that_did_work_raises_its_claim_floors_and_an_idle_one_does_not
         code, output = stop(worker)
     assert code == 0, output
     assert ("test.record", float("inf")) in rows  # nothing due is left: +infinity
+
+
+def test_a_worker_whose_queue_is_deleted_stops_with_exit_code_5(dsn, conn):
+    """Deleting a served queue used to send the worker into a reconnect loop ("database
+    connection lost") at every wake-up: its arming hit the deleted queue's foreign key."""
+    conn.execute("INSERT INTO angela_queue.queues (name) VALUES ('other')")
+    worker = start_worker(dsn, "--queue", "other")
+    try:
+        wait_for(
+            lambda: conn.execute(
+                "SELECT waiting FROM angela_queue.queue_waiters WHERE queue = 'other'"
+            ).fetchone()
+        )  # asleep, armed
+        conn.execute("DELETE FROM angela_queue.queues WHERE name = 'other'")
+        # Wake it: a new listener connection re-arms, as after any reconnect.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+        )
+        code = worker.wait(timeout=20)
+    finally:
+        _, output = stop(worker)
+    assert code == 5, output
+    assert "a queue this worker serves was deleted (other)" in output
+    assert "database connection lost" not in output
