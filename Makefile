@@ -19,8 +19,8 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## create .venv and install the package with its dev tools
 
-test: install ## the whole suite on real PostgreSQL (embedded, or ANGELA_QUEUE_TEST_DSN)
-	$(BIN)/pytest
+test: install ## the whole suite on real PostgreSQL (embedded, or ANGELA_QUEUE_TEST_DSN), 2 processes
+	$(BIN)/pytest -n 2
 
 test/fast: install ## the suite without the multi-process tests
 	$(BIN)/pytest -m "not slow and not pgbouncer"

@@ -198,13 +198,15 @@ class TaskStore(AdminQueries):
             row = self.conn.execute(Q["worker_heartbeat"], params).fetchone()
         return None if row is None else bool(row[0])
 
-    def claim_floor_raise(self, queues: Sequence[str], kinds: Sequence[str]) -> int:
+    def claim_floor_raise(
+        self, queues: Sequence[str], kinds: Sequence[str], min_interval_s: float = 1.0
+    ) -> int:
         """Raise the claim floors of these queues' kinds (migration 0014); returns how many
-        were written. A queue with a producer in flight is left for the next call."""
+        were written. A queue with a producer in flight is left for the next call, and so is
+        a floor raised less than ``min_interval_s`` ago."""
+        params = {"queues": list(queues), "kinds": list(kinds), "min_interval_s": min_interval_s}
         with translate_errors():
-            row = self.conn.execute(
-                Q["claim_floor_raise"], {"queues": list(queues), "kinds": list(kinds)}
-            ).fetchone()
+            row = self.conn.execute(Q["claim_floor_raise"], params).fetchone()
         return int(row[0]) if row is not None else 0
 
     def worker_mark_dead(self, worker_id: int) -> None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,24 +104,43 @@ def _produce(dsn: str, stop: threading.Event, sent: list[int]) -> None:
 
 
 def profile_claim(dsn: str) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of one real claim, rolled back."""
+    """EXPLAIN (ANALYZE, BUFFERS) of one real claim, rolled back: its time, the scan of
+    tasks_claim_idx, and the plan nodes that took the most time of their own."""
     with psycopg.connect(dsn) as conn:
         params = claim_params(0, ["default"], [NOOP], PROBE_LIMIT, None)
-        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + Q["task_claim"], params).fetchall()
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + Q["task_claim"], params
+        ).fetchone()
         conn.rollback()
-    plan = [r[0] for r in rows]
-    text = "\n".join(plan)
-    execution = re.search(r"Execution Time: ([\d.]+) ms", text)
-    at = next((i for i, ln in enumerate(plan) if "tasks_claim_idx" in ln), None)
-    index_buffers = next(
-        (ln.strip() for ln in plan[at or 0 :] if ln.strip().startswith("Buffers:")), ""
-    )
-    actual = re.search(r"actual time=[\d.]+\.\.([\d.]+)", plan[at]) if at is not None else None
+    assert row is not None
+    plan = row[0][0]
+    nodes = list(_nodes(plan["Plan"]))
+    index = next((n for n in nodes if n.get("Index Name") == "tasks_claim_idx"), None)
+
+    def total_ms(node: dict[str, Any]) -> float:
+        return float(node["Actual Total Time"]) * int(node["Actual Loops"])
+
+    def own_ms(node: dict[str, Any]) -> float:
+        return total_ms(node) - sum(total_ms(c) for c in node.get("Plans", []))
+
+    hot = sorted(nodes, key=own_ms, reverse=True)[:3]
     return {
-        "execution_ms": float(execution.group(1)) if execution else None,
-        "index_scan_ms": float(actual.group(1)) if actual else None,
-        "index_buffers": index_buffers,
+        "execution_ms": round(float(plan["Execution Time"]), 3),
+        "index_scan_ms": None if index is None else round(total_ms(index), 3),
+        "index_buffers": None if index is None else int(index["Shared Hit Blocks"]),
+        "hotspots": ", ".join(f"{_label(n)} {own_ms(n):.3f} ms" for n in hot),
     }
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _label(node: dict[str, Any]) -> str:
+    on = node.get("Index Name") or node.get("Relation Name") or node.get("CTE Name")
+    return f"{node['Node Type']}{f' ({on})' if on else ''}"
 
 
 def table_stats(db: Db) -> dict[str, Any]:
@@ -226,7 +245,9 @@ def run_longtx(dsn: str, logs: Path, *, quick: bool, hold_s: float | None = None
         f"EXPLAIN ANALYZE of the claim: {base_profile['execution_ms']} ms → "
         f"{long_profile['execution_ms']} ms, of which the scan of tasks_claim_idx "
         f"{base_profile['index_scan_ms']} → {long_profile['index_scan_ms']} ms "
-        f"({base_profile['index_buffers']} → {long_profile['index_buffers']})",
+        f"({base_profile['index_buffers']} → {long_profile['index_buffers']} buffers)",
+        f"the claim's slowest plan nodes at the end: {long_profile['hotspots']} "
+        f"(at the baseline: {base_profile['hotspots']})",
     ]
     if probe.error is not None:
         result.lines.append(f"probe error: {probe.error!r}")

@@ -18,9 +18,10 @@ descends straight to it, past the dead entries. The invariant is "no due pending
 - Raised by angela_queue.claim_floor_raise, which a worker calls from its heartbeat thread
   after it has claimed work: under the queue's exclusive advisory lock, only tried, never
   waited for, it sets the floor to the first due pending task's sort_key (+infinity when
-  there is none), scanning from the old floor. Holding the exclusive lock, no transaction
-  that made a task claimable is uncommitted; one that does it later waits for the lock and
-  then sees the raised floor, and lowers it.
+  there is none), scanning from the old floor. At most once a second per floor: each raise
+  leaves a row version that a long transaction keeps as well. Holding the exclusive lock,
+  no transaction that made a task claimable is uncommitted; one that does it later waits
+  for the lock and then sees the raised floor, and lowers it.
 - Under REPEATABLE READ or SERIALIZABLE a producer reads the floor of its snapshot, which
   may predate a raise. Its trigger then touches the floor row with INSERT … ON CONFLICT DO
   NOTHING, which fails with 40001 (serialization failure) when the row changed since the
@@ -53,6 +54,7 @@ CREATE UNLOGGED TABLE angela_queue.claim_floors (
     kind      text NOT NULL,
     floor     double precision NOT NULL,
     swept_at  timestamptz NOT NULL DEFAULT '-infinity',
+    raised_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (queue, kind)
 );
 COMMENT ON TABLE angela_queue.claim_floors IS
@@ -117,9 +119,12 @@ CREATE TRIGGER tasks_floor_updated AFTER UPDATE ON angela_queue.tasks FOR EACH R
     EXECUTE FUNCTION angela_queue.task_floor_updated();
 
 -- Raise the floors of queue_name's kinds, if no transaction of the queue that may make a
--- task claimable is in flight (otherwise nothing: the next call tries again). Returns the
--- number of floors written.
+-- task claimable is in flight (otherwise nothing: the next call tries again). A floor
+-- raised less than min_interval_s ago is left alone: every raise leaves a row version that
+-- a long transaction keeps too, and each claim reads past them. Returns the number of
+-- floors written.
 CREATE FUNCTION angela_queue.claim_floor_raise(queue_name text, kinds text[],
+                                               min_interval_s double precision DEFAULT 1,
                                                sweep_every_s double precision DEFAULT 60)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -138,6 +143,8 @@ BEGIN
          WHERE f.queue = queue_name AND f.kind = k;
         sweep := prior.floor IS NULL
                  OR prior.swept_at < now() - make_interval(secs => sweep_every_s);
+        CONTINUE WHEN NOT sweep
+                      AND prior.raised_at > now() - make_interval(secs => min_interval_s);
         SELECT t.sort_key INTO first_key FROM angela_queue.tasks t
          WHERE t.status = 'pending' AND t.ready AND t.queue = queue_name AND t.kind = k
            AND t.sort_key >= CASE WHEN sweep THEN '-infinity' ELSE prior.floor END
@@ -147,22 +154,22 @@ BEGIN
             INSERT INTO angela_queue.claim_floors AS f (queue, kind, floor, swept_at)
             VALUES (queue_name, k, first_key, CASE WHEN sweep THEN now() ELSE '-infinity' END)
             ON CONFLICT (queue, kind) DO UPDATE
-               SET floor = EXCLUDED.floor,
+               SET floor = EXCLUDED.floor, raised_at = now(),
                    swept_at = CASE WHEN sweep THEN now() ELSE f.swept_at END;
             written := written + 1;
         END IF;
     END LOOP;
     RETURN written;
 END $$;
-REVOKE ALL ON FUNCTION angela_queue.claim_floor_raise(text, text[], double precision)
-    FROM PUBLIC;
+REVOKE ALL ON FUNCTION
+    angela_queue.claim_floor_raise(text, text[], double precision, double precision) FROM PUBLIC;
 
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'angela_queue_worker') THEN
         GRANT SELECT ON angela_queue.claim_floors TO angela_queue_worker;
         GRANT EXECUTE ON FUNCTION
-            angela_queue.claim_floor_raise(text, text[], double precision)
+            angela_queue.claim_floor_raise(text, text[], double precision, double precision)
             TO angela_queue_worker;
     END IF;
 END $$;
@@ -171,7 +178,8 @@ END $$;
 DOWNGRADE = r"""
 DROP TRIGGER IF EXISTS tasks_floor_updated ON angela_queue.tasks;
 DROP FUNCTION IF EXISTS angela_queue.task_floor_updated();
-DROP FUNCTION IF EXISTS angela_queue.claim_floor_raise(text, text[], double precision);
+DROP FUNCTION IF EXISTS
+    angela_queue.claim_floor_raise(text, text[], double precision, double precision);
 CREATE OR REPLACE FUNCTION angela_queue.task_notify_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE

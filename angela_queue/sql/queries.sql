@@ -297,7 +297,8 @@ RETURNING stop_requested;
 -- name: claim_floor_raise
 -- Move each queue's claim floors up to its first due task (migration 0014), one queue at a
 -- time in name order; each function call only tries the queue's lock, never waits for it.
-SELECT coalesce(sum(angela_queue.claim_floor_raise(q, %(kinds)s::text[])), 0)::integer
+SELECT coalesce(sum(angela_queue.claim_floor_raise(q, %(kinds)s::text[],
+                                                   %(min_interval_s)s)), 0)::integer
   FROM (SELECT DISTINCT unnest(%(queues)s::text[]) AS q ORDER BY 1) queues;
 
 -- name: worker_mark_dead

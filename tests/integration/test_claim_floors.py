@@ -28,7 +28,7 @@ SELECT count(*) FROM angela_queue.tasks t
 
 
 def raise_floors(conn: psycopg.Connection[Any], queues=("default",), kinds=("a.b",)) -> int:
-    return TaskStore(conn).claim_floor_raise(queues, kinds)
+    return TaskStore(conn).claim_floor_raise(queues, kinds, min_interval_s=0)
 
 
 def scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
@@ -312,3 +312,16 @@ def test_the_invariant_holds_in_every_snapshot_under_concurrent_producers_and_cl
         "SELECT count(*) FROM angela_queue.tasks WHERE status NOT IN ('succeeded')"
     ).fetchone()[0]
     assert left == 0  # no task was left below a floor, out of every claim's reach
+
+
+def test_a_floor_is_raised_at_most_once_per_interval(dsn, conn):
+    """Each raise leaves a row version a long transaction keeps: heartbeats of many workers
+    must not write a floor many times a second."""
+    ids = [add(conn) for _ in range(3)]
+    store = TaskStore(conn)
+    assert store.claim_floor_raise(["default"], ["a.b"], min_interval_s=60) == 1  # the first
+    finish(dsn, claim(dsn, 1))
+    assert store.claim_floor_raise(["default"], ["a.b"], min_interval_s=60) == 0
+    assert floor(conn) == sort_key(conn, ids[0])  # stale, still correct: nothing lies below
+    assert store.claim_floor_raise(["default"], ["a.b"], min_interval_s=0) == 1
+    assert floor(conn) == sort_key(conn, ids[1])
