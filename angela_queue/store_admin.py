@@ -68,11 +68,9 @@ class AdminQueries:
     # -- supervisor ---------------------------------------------------------------------------
 
     def supervisor_lock(self, hostname: str) -> bool:
+        """The host's supervisor lock, until the current transaction ends."""
         rows = self._rows("supervisor_lock", {"hostname": hostname})
         return bool(rows and rows[0]["locked"])
-
-    def supervisor_unlock(self, hostname: str) -> None:
-        self._rows("supervisor_unlock", {"hostname": hostname})
 
     def supervisor_tiers_at_risk(self, queues: Sequence[str]) -> list[str]:
         return [r["tier"] for r in self._rows("supervisor_tiers_at_risk", {"queues": list(queues)})]

@@ -86,15 +86,13 @@ class Supervisor:
         self.registered: set[int] = set()  # children seen in the workers table
 
     def run_once(self) -> RunResult:
-        with connect(self.dsn, autocommit=True) as conn:
+        """One check in one transaction, which holds the host's lock (pooler-safe)."""
+        with connect(self.dsn) as conn, conn.transaction():
             store = TaskStore(conn)
             if not store.supervisor_lock(self.hostname):
                 log.info("another supervisor is acting on host %s; skipping", self.hostname)
                 return RunResult(acted=False)
-            try:
-                return self._check(store)
-            finally:
-                store.supervisor_unlock(self.hostname)
+            return self._check(store)
 
     def _check(self, store: TaskStore) -> RunResult:
         result = RunResult(acted=True)

@@ -425,12 +425,11 @@ SELECT at, hostname, pending, workers, target, action, reason
   FROM angela_queue.supervisor_decisions ORDER BY at DESC, id DESC LIMIT %(limit)s;
 
 -- name: supervisor_lock
--- Session lock per host: two supervisors on one host never act at once
--- (advisory-lock class 0x41510002; the second key is hashtext(hostname)).
-SELECT pg_try_advisory_lock(1095827714, hashtext(%(hostname)s)) AS locked;
-
--- name: supervisor_unlock
-SELECT pg_advisory_unlock(1095827714, hashtext(%(hostname)s));
+-- Lock per host, held by the check's one transaction: two supervisors on one host never act
+-- at once (advisory-lock class 0x41510002; the second key is hashtext(hostname)). A
+-- transaction lock, not a session one: through a transaction pooler a session lock stays
+-- on whichever server connection took it, and is never released.
+SELECT pg_try_advisory_xact_lock(1095827714, hashtext(%(hostname)s)) AS locked;
 
 -- name: supervisor_tiers_at_risk
 -- Tiers of the served queues whose oldest due task has used over half its target wait.

@@ -10,9 +10,12 @@ statements). Checks are made on a direct connection (``conn``). Run them with
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -275,3 +278,49 @@ def test_cli_through_the_pooler(pooled_dsn, conn):
     reaped = cli("reap", "--once")
     assert reaped.returncode == 0 and reaped.stdout.strip() == "reap: nothing to reap"
     assert count(conn, "kind = 'cli.kind'") == 7
+
+
+def test_the_supervisor_acts_at_every_check_through_the_pooler(pooled_dsn, conn):
+    """Its per-host lock is a transaction lock held by one transaction: a session lock taken
+    through a transaction pooler stays on whichever server connection took it, and later
+    checks, sent elsewhere, found it held ("another supervisor is acting") for good."""
+    env = {**POOLED_ENV, "ANGELA_QUEUE_DSN": pooled_dsn}
+    stop_churn = threading.Event()
+
+    def churn() -> None:
+        """Other clients' short transactions, so that the pooler hands each of the
+        supervisor's statements whichever server connection is free."""
+        with (
+            psycopg.connect(pooled_dsn, autocommit=True, prepare_threshold=None) as a,
+            psycopg.connect(pooled_dsn, autocommit=True, prepare_threshold=None) as b,
+        ):
+            while not stop_churn.is_set():
+                for c in (a, b):
+                    c.execute("SELECT pg_sleep(0.002)")
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        for i in range(6):
+            done = subprocess.run(
+                [
+                    *(sys.executable, "-m", "angela_queue.cli", "supervise", "--once"),
+                    *("--app", "tests.apps.sample_app:app", "--min-workers", "1"),
+                    *("--max-workers", "1"),
+                ],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            assert "another supervisor is acting" not in done.stdout, (i, done.stdout)
+    finally:
+        stop_churn.set()
+        churner.join(10)
+        for (pid,) in conn.execute("SELECT pid FROM angela_queue.workers").fetchall():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # the one worker it started, detached
+    decisions = conn.execute("SELECT count(*) FROM angela_queue.supervisor_decisions").fetchone()
+    assert decisions == (6,)
