@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -43,7 +42,9 @@ class WorkerCounters:
     processing_ms_sum: float = 0.0
     batches: int = 0
     batch_tasks: int = 0
-    last_active_at: float | None = None  # time.time(): cheaper per task than a datetime
+    # time.monotonic() of the last start or finish: the beat sends how long ago that was,
+    # and the database dates it on its own clock (a worker's wall clock may be off).
+    last_active: float | None = None
     running: dict[int, tuple[float, int]] = field(default_factory=dict)  # id → start, timeout
     stuck: set[int] = field(default_factory=set)  # tasks whose sync thread outlived its timeout
     stopping: bool = False
@@ -52,8 +53,9 @@ class WorkerCounters:
 
     def started(self, task_id: int, timeout_s: int = 0) -> None:
         with self.lock:
-            self.running[task_id] = (time.monotonic(), timeout_s)
-            self.last_active_at = time.time()
+            now = time.monotonic()
+            self.running[task_id] = (now, timeout_s)
+            self.last_active = now
 
     def finished(self, task_id: int, succeeded: bool) -> float:
         """Record the end of a task; returns its processing time in ms."""
@@ -65,7 +67,7 @@ class WorkerCounters:
             else:
                 self.failed += 1
             self.processing_ms_sum += elapsed_ms
-            self.last_active_at = time.time()
+            self.last_active = time.monotonic()
             return elapsed_ms
 
     def batch_ran(self, size: int) -> None:
@@ -97,10 +99,8 @@ class WorkerCounters:
                 "completed": self.completed,
                 "failed": self.failed,
                 "processing_ms_sum": self.processing_ms_sum,
-                "last_active_at": (
-                    None
-                    if self.last_active_at is None
-                    else datetime.fromtimestamp(self.last_active_at, UTC)
+                "last_active_ago_s": (
+                    None if self.last_active is None else time.monotonic() - self.last_active
                 ),
                 "batches": self.batches,
                 "batch_tasks": self.batch_tasks,

@@ -288,7 +288,9 @@ UPDATE angela_queue.workers
            ELSE (coalesce(avg_processing_ms, 0) * (tasks_completed + tasks_failed)
                  + %(processing_ms_sum)s::double precision)
                 / (tasks_completed + tasks_failed + %(completed)s + %(failed)s) END,
-       last_active_at = coalesce(%(last_active_at)s::timestamptz, last_active_at),
+       -- Dated on the database's clock: the worker sends how long ago it was active.
+       last_active_at = coalesce(now() - make_interval(secs => %(last_active_ago_s)s),
+                                 last_active_at),
        batches_run = batches_run + %(batches)s,
        batch_tasks = batch_tasks + %(batch_tasks)s
  WHERE id = %(id)s AND status <> 'dead'
