@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -96,8 +96,10 @@ def enqueue(
         raise CliError("--priority must be between 1 and 10")
     settings = load_settings(dsn=dsn)
     client = App(settings, dsn=resolve_dsn(settings))
-    run_at = datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
     with connect(client.dsn, autocommit=True) as conn:
+        run_at = None
+        if delay > 0:  # counted on the database's clock, not this host's
+            run_at = TaskStore(conn).database_now() + timedelta(seconds=delay)
         task_id = client.enqueue(
             kind,
             data,

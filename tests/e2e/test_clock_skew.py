@@ -98,3 +98,24 @@ def test_skewed_worker_clocks_change_no_lease_and_no_retry_time(dsn, conn):
     ), gaps
     pids = {p for (p,) in conn.execute("SELECT DISTINCT pid FROM test_runs").fetchall()}
     assert {ahead.pid, behind.pid} <= pids, "both skewed workers ran tasks"
+
+
+@pytest.mark.parametrize("skew_s", [SKEW_S, -SKEW_S])
+def test_enqueue_delay_counts_on_the_database_clock(dsn, conn, skew_s):
+    """`angela-queue enqueue --delay 60` on a host whose clock is 5 minutes off: the task is
+    due 60 s from the database's now, not 5 minutes earlier or later."""
+    env = {**os.environ, "ANGELA_QUEUE_DSN": dsn, "ANGELA_QUEUE_TEST_CLOCK_SKEW_S": str(skew_s)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.apps.skewed_clock", "enqueue", "a.b", "--delay", "60"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    row = conn.execute(
+        "SELECT extract(epoch FROM run_at - enqueued_at) FROM angela_queue.tasks WHERE id = %s",
+        (int(done.stdout.strip()),),
+    ).fetchone()
+    assert row is not None and 59 <= float(row[0]) <= 61, row
