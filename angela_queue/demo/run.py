@@ -175,12 +175,14 @@ class Demo:
         self.setup = dataclasses.replace(self.setup, since=self.began, origin=self.began)
 
     def refuse_foreign_workers(self) -> None:
-        """The supervisor manages every worker of this host in this database: it would count
-        (and might stop) workers the user runs. Stale rows of gone processes are harmless."""
+        """Workers the user runs on the demo's queue would take its tasks, and its supervisor
+        would count (and might stop) those of this host. Workers of other queues are left
+        alone by both; stale rows of gone processes are harmless."""
         assert self.conn is not None
         rows = self.conn.execute(
-            "SELECT pid FROM angela_queue.workers WHERE hostname = %s AND status <> 'dead'",
-            (self.setup.hostname,),
+            "SELECT pid FROM angela_queue.workers"
+            " WHERE hostname = %s AND status <> 'dead' AND %s = ANY(queues)",
+            (self.setup.hostname, QUEUE),
         ).fetchall()
         alive = []
         for (pid,) in rows:
@@ -189,9 +191,10 @@ class Demo:
                     alive.append(pid)
         if alive:
             raise DemoFailed(
-                f"{len(alive)} angela-queue worker(s) of this host already use this database "
-                f"(pids {', '.join(map(str, alive))}); the demo's supervisor would manage them "
-                "too: stop them, or point ANGELA_QUEUE_DSN at another database"
+                f"{len(alive)} angela-queue worker(s) of this host already serve the queue "
+                f"{QUEUE!r} in this database (pids {', '.join(map(str, alive))}): they would "
+                "take the demo's tasks and its supervisor would manage them too; stop them, "
+                "or point ANGELA_QUEUE_DSN at another database"
             )
 
     def start_supervisor(self) -> None:

@@ -140,8 +140,9 @@ def test_a_busy_port_is_one_line(dsn, command):
     )
 
 
-def test_the_demo_refuses_a_database_where_workers_of_this_host_run(dsn, conn):
-    worker = start_worker(dsn)
+def test_the_demo_refuses_a_database_where_workers_of_this_host_serve_its_queue(dsn, conn):
+    conn.execute("INSERT INTO angela_queue.queues (name) VALUES ('learning')")
+    worker = start_worker(dsn, "--queue", "learning")
     try:
         wait_for(
             lambda: conn.execute(
@@ -154,7 +155,27 @@ def test_the_demo_refuses_a_database_where_workers_of_this_host_run(dsn, conn):
     assert code == 0, output
     assert result.returncode == 1
     assert (
-        f"1 angela-queue worker(s) of this host already use this database (pids {worker.pid})"
-        in (result.stderr)
+        "1 angela-queue worker(s) of this host already serve the queue 'learning' in this"
+        f" database (pids {worker.pid})" in (result.stderr)
     ), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_demo_runs_beside_a_worker_of_another_queue_and_leaves_it_alone(dsn, conn):
+    worker = start_worker(dsn)  # the queue 'default'
+    try:
+        wait_for(
+            lambda: conn.execute(
+                "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
+            ).fetchone()[0]
+        )
+        result = cli("demo", "--quick", env={"ANGELA_QUEUE_DSN": dsn})
+        assert worker.poll() is None  # neither stopped nor killed by the demo's supervisor
+        asked = conn.execute(
+            "SELECT stop_requested FROM angela_queue.workers WHERE pid = %s", (worker.pid,)
+        ).fetchone()
+    finally:
+        code, output = stop(worker)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert asked == (False,)
+    assert code == 0, output
