@@ -1,0 +1,28 @@
+"""scripts/profile_wakeup.py: the wake-up path split into steps, on a real worker."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from scripts.profile_wakeup import measure
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_task_is_timed_through_each_step_in_order(dsn, capsys):
+    measure(dsn, 20, 50.0)
+    out = capsys.readouterr().out
+    assert out.startswith("20 of 20 tasks at 50/s")
+    p50 = {
+        m.group(1).strip(): float(m.group(2))
+        for m in re.finditer(r"^  (\S[\w ]*?)\s+p50\s+([\d.]+)", out, re.MULTILINE)
+    }
+    steps = ["notified", "claim_sent", "claim_back", "start"]
+    assert list(p50) == ["enqueue call returned", *steps]
+    assert all(p50[a] <= p50[b] for a, b in itertools.pairwise(steps))
+    assert 0 < p50["start"] < 1000
+    for part in ("execution", "row trigger", "statement trigger"):
+        assert re.search(rf"^  {part}\s+[\d.]+ ms$", out, re.MULTILINE), out
