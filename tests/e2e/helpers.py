@@ -38,6 +38,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
+def wait_for_live_workers(conn: Any, count: int = 1, timeout: float = 30.0) -> None:
+    """Until ``count`` workers are registered and not dead (``conn``: autocommit)."""
+
+    def live() -> bool:
+        row = conn.execute(
+            "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
+        ).fetchone()
+        return bool(row and row[0] == count)
+
+    wait_for(live, timeout=timeout)
+
+
 def stop(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[int, str]:
     if proc.poll() is None:
         proc.terminate()

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from angela_queue import embedded
-from tests.e2e.helpers import ROOT, start_worker, stop, wait_for
+from tests.e2e.helpers import ROOT, start_worker, stop, wait_for, wait_for_live_workers
 
 pytestmark = pytest.mark.slow
 
@@ -144,11 +144,7 @@ def test_the_demo_refuses_a_database_where_workers_of_this_host_serve_its_queue(
     conn.execute("INSERT INTO angela_queue.queues (name) VALUES ('learning')")
     worker = start_worker(dsn, "--queue", "learning")
     try:
-        wait_for(
-            lambda: conn.execute(
-                "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
-            ).fetchone()[0]
-        )
+        wait_for_live_workers(conn)
         result = cli("demo", "--quick", env={"ANGELA_QUEUE_DSN": dsn})
     finally:
         code, output = stop(worker)
@@ -164,11 +160,7 @@ def test_the_demo_refuses_a_database_where_workers_of_this_host_serve_its_queue(
 def test_the_demo_runs_beside_a_worker_of_another_queue_and_leaves_it_alone(dsn, conn):
     worker = start_worker(dsn)  # the queue 'default'
     try:
-        wait_for(
-            lambda: conn.execute(
-                "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
-            ).fetchone()[0]
-        )
+        wait_for_live_workers(conn)
         result = cli("demo", "--quick", env={"ANGELA_QUEUE_DSN": dsn})
         assert worker.poll() is None  # neither stopped nor killed by the demo's supervisor
         asked = conn.execute(

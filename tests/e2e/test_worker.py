@@ -12,7 +12,7 @@ import pytest
 from angela_queue import App, Settings
 from angela_queue.store import TaskStore
 from tests.apps.sample_app import CREATE_RUNS
-from tests.e2e.helpers import start_worker, stop, wait_for
+from tests.e2e.helpers import start_worker, stop, wait_for, wait_for_live_workers
 
 pytestmark = pytest.mark.slow
 
@@ -347,14 +347,7 @@ def test_the_log_level_setting_applies_when_no_flag_is_given(dsn, conn):
     """ANGELA_QUEUE_LOG_LEVEL (README, Configuration) is the default of --log-level."""
     quiet = start_worker(dsn, env={"ANGELA_QUEUE_LOG_LEVEL": "WARNING"})
     loud = start_worker(dsn, "--log-level", "INFO", env={"ANGELA_QUEUE_LOG_LEVEL": "WARNING"})
-    wait_for(
-        lambda: (
-            conn.execute(
-                "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
-            ).fetchone()[0]
-            == 2
-        )
-    )
+    wait_for_live_workers(conn, 2)
     quiet_code, quiet_out = stop(quiet)
     loud_code, loud_out = stop(loud)
     assert (quiet_code, loud_code) == (0, 0)
