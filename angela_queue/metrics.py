@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from angela_queue import errors, monitoring
 from angela_queue.settings import Settings
 from angela_queue.store import TaskStore
+from angela_queue.watchdog import set_on_signals
 
 log = logging.getLogger("angela_queue.metrics")
 PREFIX = "angela_queue"
@@ -229,7 +230,7 @@ def serve(dsn: str, settings: Settings, *, host: str, port: int) -> None:
         pool.close()
         raise errors.ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop: exit 0
+    set_on_signals(stop, signal.SIGTERM)  # a service manager's stop: exit 0
     try:
         stop.wait()
     except KeyboardInterrupt:

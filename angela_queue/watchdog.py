@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -137,3 +138,19 @@ def give_up_wedged(store: TaskStore, worker_id: int, reaper: Reaper, silent_s: f
         reaper.run_once(store)
     finally:
         hard_exit(EXIT_STUCK)
+
+
+def set_on_signals(event: threading.Event, *signals: signal.Signals) -> None:
+    """Set ``event`` when one of ``signals`` arrives.
+
+    Not by calling ``event.set()`` in the handler: a handler runs in the main thread
+    between two bytecodes, possibly while that thread holds the event's internal lock
+    inside ``event.wait()``, and ``set()`` would then wait forever for a lock its own
+    thread holds (a process that ignores SIGTERM now and then). A short thread sets it.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        threading.Thread(target=event.set, name="angela-queue-signal", daemon=True).start()
+
+    for sig in signals:
+        signal.signal(sig, handler)

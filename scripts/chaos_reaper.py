@@ -12,6 +12,7 @@ import sys
 import threading
 
 from angela_queue.reaper import Reaper, ReaperConfig
+from angela_queue.watchdog import set_on_signals
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
         heartbeat_timeout_s=float(timeout_s), interval_s=float(interval_s), batch_size=int(batch)
     )
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    set_on_signals(stop, signal.SIGTERM)
     Reaper(config, dsn).run_forever(stop)
     return 0
 

@@ -17,6 +17,7 @@ from angela_queue.cli.common import (
     resolve_dsn,
     setup_logging,
 )
+from angela_queue.watchdog import set_on_signals
 
 
 @app.command()
@@ -53,8 +54,7 @@ def reap(
             reaper.close()
         return
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    set_on_signals(stop, signal.SIGTERM, signal.SIGINT)
     logging.getLogger("angela_queue.reaper").info(
         "reaping every %g s; workers silent for %g s are dead",
         reaper.config.interval_s,

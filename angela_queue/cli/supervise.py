@@ -20,6 +20,7 @@ from angela_queue.cli.common import (
 )
 from angela_queue.settings import PROFILES
 from angela_queue.supervisor import Supervisor, SupervisorConfig, run_forever
+from angela_queue.watchdog import set_on_signals
 
 
 @app.command()
@@ -71,8 +72,7 @@ def supervise(
             out.print(f"{result.decision.action}: {result.decision.reason}")
         return
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    set_on_signals(stop, signal.SIGTERM, signal.SIGINT)
     try:
         run_forever(supervisor, settings.check_interval_s, stop)
     finally:

@@ -78,3 +78,27 @@ def test_workers_run_on_uvloop_where_it_is_installed():
         import uvloop
 
         assert factory is uvloop.new_event_loop
+
+
+def test_a_stop_signal_arriving_inside_event_wait_cannot_deadlock():
+    """A handler that calls event.set() itself would wait forever when the signal lands
+    while the main thread holds the event's lock inside event.wait() (seen as a reaper that
+    ignored SIGTERM in CI). The lock is held here on purpose when the signal is delivered."""
+    import subprocess
+    import sys
+
+    program = """
+import os, signal, threading
+from angela_queue.watchdog import set_on_signals
+stop = threading.Event()
+set_on_signals(stop, signal.SIGTERM)
+with stop._cond:  # as inside stop.wait(), between its checks
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, lock held
+assert stop.wait(5), "never set"
+print("stopped")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
