@@ -117,13 +117,16 @@ SELECT * FROM claimed ORDER BY effective_priority DESC, id;
 -- Fenced: only rows still running under this worker and attempt change. A task that was
 -- reclaimed meanwhile is left alone and missing from the result (a late result is a no-op).
 -- Finishing frees a place in a bounded queue: producers waiting for it are notified.
+-- Each row finds its own attempts and result by its position in %(ids)s: a join with
+-- unnest(…) gets, as a generic plan, a nested loop that unnests the arrays once per row
+-- (2 ms for 100 tasks, twice this statement's whole cost).
 WITH done AS (
     UPDATE angela_queue.tasks t
-       SET status = 'succeeded', finished_at = now(), result = r.result, last_error = NULL
-      FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(results)s::jsonb[])
-           AS r(id, attempts, result)
-     WHERE t.id = r.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
-       AND t.attempts = r.attempts
+       SET status = 'succeeded', finished_at = now(), last_error = NULL,
+           result = (%(results)s::jsonb[])[array_position(%(ids)s::bigint[], t.id)]
+     WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running'
+       AND t.worker_id = %(worker_id)s
+       AND t.attempts = (%(attempts)s::smallint[])[array_position(%(ids)s::bigint[], t.id)]
     RETURNING t.id, t.queue
 ), freed AS (
     SELECT pg_notify('angela_queue_space', q.name)
