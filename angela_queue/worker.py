@@ -257,13 +257,11 @@ class Worker:
                 self._conn = conn
                 if self._reconnected:
                     await self._release_unknown(store)
-                await self._flush(store)
                 free = self.concurrency - len(self._running)
-                claimed: list[Task] = []
-                if free > 0:  # the claim also promotes scheduled tasks that fell due
-                    claimed = await store.task_claim(
-                        self.worker_id or 0, self.queues, self.kinds, free
-                    )
+                # Outcomes so far and the next claim share a round trip and a commit. The
+                # claim also promotes scheduled tasks that fell due.
+                claimed = await self._record_and_claim(store, max(free, 0))
+                if claimed:
                     singles, batches = group_for_batches(claimed, self.app.registry)
                     for task in singles:
                         self._start(runner, task)
@@ -463,17 +461,17 @@ class Worker:
 
     async def _flush(self, store: AsyncTaskStore) -> None:
         """Write buffered outcomes: one statement for successes, one for failures."""
-        if not self._outcomes:
-            return
+        await self._record_and_claim(store, 0)
+
+    async def _record_and_claim(self, store: AsyncTaskStore, limit: int) -> list[Task]:
+        """Write buffered outcomes and claim up to ``limit`` tasks, in one transaction."""
+        if not self._outcomes and limit <= 0:
+            return []
         batch, self._outcomes = self._outcomes, []
         try:
-            done = [o for o in batch if o.succeeded]
-            failed = [o for o in batch if not o.succeeded]
-            kept: set[int] = set()
-            if done:
-                kept |= await store.task_complete_many(self.worker_id or 0, done)
-            if failed:
-                kept |= await store.task_fail_many(self.worker_id or 0, failed)
+            kept, claimed = await store.task_record_and_claim(
+                self.worker_id or 0, batch, self.queues, self.kinds, limit
+            )
         except BaseException:
             self._outcomes = batch + self._outcomes  # written on the next try
             raise
@@ -487,6 +485,7 @@ class Worker:
                     "task_id": lost,
                 },
             )
+        return claimed
 
     async def _drain(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Graceful stop: let running tasks finish within the grace period, then record."""

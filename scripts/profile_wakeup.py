@@ -49,17 +49,19 @@ def run_worker(out_path: Path) -> None:
         mark("notified")
         notified(self)
 
-    claim = store.AsyncTaskStore.task_claim
+    claim = store.AsyncTaskStore.task_record_and_claim
 
-    async def timed_claim(self: store.AsyncTaskStore, *args: Any, **kwargs: Any) -> list[Task]:
+    async def timed_claim(
+        self: store.AsyncTaskStore, *args: Any, **kwargs: Any
+    ) -> tuple[set[int], list[Task]]:
         mark("claim_sent")
-        tasks = await claim(self, *args, **kwargs)
+        kept, tasks = await claim(self, *args, **kwargs)
         if tasks:
             mark("claim_back")
-        return tasks
+        return kept, tasks
 
     worker.Worker._notified = timed_notified  # type: ignore[method-assign]
-    store.AsyncTaskStore.task_claim = timed_claim  # type: ignore[method-assign]
+    store.AsyncTaskStore.task_record_and_claim = timed_claim  # type: ignore[method-assign]
     app = App()
 
     @app.task(KIND)

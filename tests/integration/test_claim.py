@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
 
+from angela_queue import errors
 from angela_queue.sql import QUERIES
 from angela_queue.store import AsyncTaskStore, Outcome, claim_params
 
@@ -290,3 +292,63 @@ def test_failures_with_integer_and_float_retry_delays_are_written_together(dsn, 
     ).fetchall()
     assert [r[0] for r in rows] == ["pending", "pending", "failed"]
     assert [float(r[1]) for r in rows[:2]] == [5.0, 2.0]
+
+
+def record_and_claim(dsn: str, outcomes: list[Outcome], limit: int, worker_id: int = 1):
+    async def go():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            return await AsyncTaskStore(c).task_record_and_claim(
+                worker_id, outcomes, ["default"], ["a.b"], limit
+            )
+
+    return asyncio.run(go())
+
+
+def test_outcomes_and_the_next_claim_are_written_in_one_call(dsn, conn):
+    done, failed, reclaimed = add(conn), add(conn), add(conn)
+    claim(dsn, 3, worker_id=1)
+    # Worker 1 lost `reclaimed` meanwhile: its late outcome must be ignored.
+    conn.execute("UPDATE angela_queue.tasks SET worker_id = 2 WHERE id = %s", (reclaimed,))
+    low, high = add(conn, priority=2), add(conn, priority=9)
+    kept, claimed = record_and_claim(
+        dsn,
+        [
+            Outcome(done, 1, True, result={"ok": 1}),
+            Outcome(failed, 1, False, error="boom", retry_in_s=None),
+            Outcome(reclaimed, 1, True),
+        ],
+        limit=5,
+    )
+    assert kept == {done, failed}
+    assert [t.id for t in claimed] == [high, low]  # effective-priority order
+    rows = dict(conn.execute("SELECT id, status FROM angela_queue.tasks ORDER BY id").fetchall())
+    assert rows == {
+        done: "succeeded",
+        failed: "failed",
+        reclaimed: "running",
+        low: "running",
+        high: "running",
+    }
+
+
+def test_outcomes_are_not_written_when_the_claim_beside_them_fails(dsn, conn):
+    """One transaction: a failed claim leaves the outcomes unwritten (the worker keeps them
+    and writes them with its next try), never half of it."""
+    running = add(conn)
+    claim(dsn, 1)
+    add(conn)
+    conn.execute("""
+        CREATE FUNCTION public.refuse_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'no claims today'; END $$""")
+    conn.execute("""
+        CREATE TRIGGER refuse_claims BEFORE UPDATE ON angela_queue.tasks FOR EACH ROW
+        WHEN (OLD.status = 'pending' AND NEW.status = 'running')
+        EXECUTE FUNCTION public.refuse_claims()""")
+    with pytest.raises(errors.DatabaseError, match="no claims today"):
+        record_and_claim(dsn, [Outcome(running, 1, True)], limit=5)
+    assert conn.execute(
+        "SELECT status FROM angela_queue.tasks WHERE id = %s", (running,)
+    ).fetchone() == ("running",)
+    conn.execute("DROP TRIGGER refuse_claims ON angela_queue.tasks")
+    kept, claimed = record_and_claim(dsn, [Outcome(running, 1, True)], limit=5)
+    assert kept == {running} and len(claimed) == 1
