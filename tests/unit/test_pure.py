@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from angela_queue import errors, retry
+from angela_queue.payload import UndecodablePayload, tolerant_loads
 from angela_queue.registry import Handler, Registry
 from angela_queue.sql import QUERIES, parse
 from angela_queue.worker import poll_interval
@@ -102,3 +106,27 @@ print("stopped")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=30,
+)
+
+
+@given(json_values, st.sampled_from(["", " ", "\n"]), st.booleans())
+def test_tolerant_loads_reads_what_json_loads_reads(value, space, as_bytes):
+    text = space + json.dumps(value) + space
+    data = text.encode() if as_bytes else text
+    assert tolerant_loads(data) == json.loads(text)
+
+
+def test_tolerant_loads_gives_json_errors_and_an_undecodable_for_deep_nesting():
+    with pytest.raises(json.JSONDecodeError):
+        tolerant_loads(b"{not json")
+    with pytest.raises(json.JSONDecodeError):
+        tolerant_loads(b'{"a": 1} trailing')
+    assert tolerant_loads(b"123456789012345678901234567890") == 123456789012345678901234567890
+    deep = tolerant_loads(b"[" * 100_000 + b"]" * 100_000)
+    assert isinstance(deep, UndecodablePayload) and deep == {}
