@@ -49,16 +49,20 @@ class TaskRunner:
         # recorded, but their slot stays taken until they return.
         self.lingering: dict[int, asyncio.Future[Any]] = {}
 
-    async def run(self, handler: Handler, task: Task) -> Outcome | None:
+    async def run(self, handler: Handler, task: Task, *, timed: bool = True) -> Outcome | None:
         """Run ``task``; returns the Outcome to record, or None when it is already recorded
-        (transactional handlers complete on their own connection)."""
+        (transactional handlers complete on their own connection). ``timed=False``: the
+        caller enforces timeout_s on an async handler itself (see Worker._expire)."""
         if isinstance(task.payload, UndecodablePayload):
             return self.undecodable(task)
         try:
             if handler.transactional:
                 await self._run_transactional(handler, task)
                 return None
-            result = await self._call(handler, task, task.timeout_s, task.id)
+            if handler.is_async and not timed:
+                result = await handler.func(task)
+            else:
+                result = await self._call(handler, task, task.timeout_s, task.id)
             return Outcome(task.id, task.attempts, True, result=jsonable(result))
         except LostTask:
             log.warning("task %s was reclaimed while running; its writes were rolled back", task.id)
@@ -66,9 +70,12 @@ class TaskRunner:
         except Retry as asked:
             return self.failure(task, f"Retry: {asked.reason}", asked.delay_s)
         except TimeoutError:
-            return self.failure(task, f"TimeoutError: handler exceeded timeout_s={task.timeout_s}")
+            return self.timed_out(task)
         except Exception as exc:
             return self.failure(task, _error_text(exc))
+
+    def timed_out(self, task: Task) -> Outcome:
+        return self.failure(task, f"TimeoutError: handler exceeded timeout_s={task.timeout_s}")
 
     async def run_batch(self, handler: Handler, batch: list[Task]) -> list[Outcome]:
         """Run a batch handler on ``batch``; one Outcome per task, in order.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -30,7 +31,10 @@ class UndecodablePayload(dict[str, Any]):
 
 # The decoder's own scanner (C): json.loads adds an encoding guess and two regex matches
 # around it, which is more than half its cost for a small payload.
-_scan_once = json.scanner.make_scanner(json.JSONDecoder())
+# (typeshed types make_scanner as the class it is; its argument is a decoder.)
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]
+)
 
 
 def tolerant_loads(data: str | bytes) -> Any:

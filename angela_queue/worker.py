@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from angela_queue.heartbeat import Heartbeater, WorkerCounters
 from angela_queue.listener import listen as listen_for_work
 from angela_queue.payload import decode_tolerantly
 from angela_queue.reaper import Reaper, ReaperConfig
+from angela_queue.registry import Handler
 from angela_queue.settings import Settings
 from angela_queue.sql import QUERIES as Q
 from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
@@ -58,6 +60,7 @@ from angela_queue.watchdog import (
 log = logging.getLogger("angela_queue.worker")
 
 TASK_THREAD_PREFIX = "angela-queue-task"
+EXPIRY_SWEEP_S = 0.1
 BUSY_PENDING = 20
 NORMAL_PENDING = 5
 
@@ -98,6 +101,11 @@ class Worker:
         self._batch_wake = asyncio.Event()  # NOTIFY for batches waiting for mates
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._running: dict[int, asyncio.Task[None]] = {}
+        # Async handlers' timeouts: deadline (monotonic) by task id, swept by _expire. One
+        # asyncio timer per task cost more than a no-op task's whole run.
+        self._deadlines: dict[int, float] = {}
+        self._expired: set[int] = set()
+        self._have_deadlines = asyncio.Event()
         self._outcomes: list[Outcome] = []
         self._exit_codes: set[int] = set()
         self._heart: Heartbeater | None = None
@@ -179,6 +187,7 @@ class Worker:
             connect_kwargs=self.settings.connection_kwargs(),
         )
         ticker = asyncio.create_task(tick_forever(self.counters))
+        expirer = asyncio.create_task(self._expire())
         heart.start()
         threads = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix=TASK_THREAD_PREFIX
@@ -196,7 +205,7 @@ class Worker:
             conn = await self._loop(conn, runner)
             await self._drain(conn)
         finally:
-            for side in (listener, ticker):
+            for side in (listener, ticker, expirer):
                 if side is not None:
                     side.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -344,22 +353,51 @@ class Worker:
 
     def _start(self, runner: TaskRunner, task: Task) -> None:
         self.counters.started(task.id, task.timeout_s)
+        handler = self.app.registry.get(task.kind)
+        swept = handler.is_async and not handler.transactional
+        if swept:
+            self._deadlines[task.id] = time.monotonic() + task.timeout_s
+            self._have_deadlines.set()
         self._running[task.id] = asyncio.create_task(
-            self._execute(runner, task), name=f"task-{task.id}"
+            self._execute(runner, handler, task, swept), name=f"task-{task.id}"
         )
 
-    async def _execute(self, runner: TaskRunner, task: Task) -> None:
+    async def _execute(self, runner: TaskRunner, handler: Handler, task: Task, swept: bool) -> None:
         outcome: Outcome | Literal[False] | None = False  # False: the handler never returned
         try:
-            outcome = await runner.run(self.app.registry.get(task.kind), task)
+            outcome = await runner.run(handler, task, timed=not swept)
         except asyncio.CancelledError:
-            outcome = runner.released(task, "Released: the worker shut down before it finished")
-            raise
+            # _expire cancelled it, and nothing else did: a timeout, not a shutdown.
+            if task.id in self._expired and asyncio.current_task().uncancel() == 0:  # type: ignore[union-attr]
+                outcome = runner.timed_out(task)
+            else:
+                outcome = runner.released(task, "Released: the worker shut down before it finished")
+                raise
         finally:
+            if swept:
+                self._deadlines.pop(task.id, None)
+                self._expired.discard(task.id)
             if outcome is False:
                 outcome = runner.failure(task, "worker error: the handler never returned")
             self._record(task, outcome)
             await self._free_slot(runner, task)
+
+    async def _expire(self) -> None:
+        """Cancel async handlers past their task's timeout_s, checked every EXPIRY_SWEEP_S
+        (so a timeout fires up to that much late); asleep while none runs."""
+        while True:
+            if not self._deadlines:
+                self._have_deadlines.clear()
+                await self._have_deadlines.wait()
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+            now = time.monotonic()
+            late = [key for key, deadline in self._deadlines.items() if deadline <= now]
+            for key in late:
+                del self._deadlines[key]
+                running = self._running.get(key)
+                if running is not None:
+                    self._expired.add(key)
+                    running.cancel()
 
     async def _free_slot(self, runner: TaskRunner, task: Task) -> None:
         """Give back the slot of ``task`` (a batch's first task for a batch), once a sync
