@@ -309,6 +309,11 @@ class AsyncTaskStore:
         ``limit`` tasks (as task_claim), all in one round trip and one transaction: a busy
         worker pays one commit per batch instead of two. Returns the ids of ``outcomes``
         that were still ours, and the claimed tasks. Nothing is written if any part fails.
+
+        A claim with no outcomes beside it commits without waiting for its WAL flush (an
+        idle worker's wake-up, 0.1–0.2 ms sooner): a server crash may forget it, and the task
+        then runs again, which a crash of the server does to any running task anyway.
+        Outcomes always wait for the flush.
         """
         done = [o for o in outcomes if o.succeeded]
         failed = [o for o in outcomes if not o.succeeded]
@@ -328,6 +333,8 @@ class AsyncTaskStore:
                         await self.conn.execute(Q["task_fail_many"], fail_params(worker_id, failed))
                     )
                 claim = None
+                if limit > 0 and not outcomes:
+                    await self.conn.execute(Q["claim_commit_async"])
                 if limit > 0:
                     claim = self.conn.cursor(row_factory=task_row)
                     await claim.execute(

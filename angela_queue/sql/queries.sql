@@ -404,6 +404,11 @@ RETURNING id;
 -- name: task_status_many
 SELECT id, status FROM angela_queue.tasks WHERE id = ANY(%(ids)s::bigint[]);
 
+-- name: claim_commit_async
+-- A claim alone (no outcomes in its transaction): its commit need not wait for the WAL
+-- flush. Lost in a server crash, it leaves its task pending, to run again (at least once).
+SET LOCAL synchronous_commit = off;
+
 -- name: session_generic_plans
 -- The worker loop's connection: prepared statements keep their generic plan instead of
 -- being planned anew at each call (see task_claim), and JIT stays off. A generic plan

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from angela_queue import errors
 from angela_queue.sql import QUERIES
@@ -352,3 +353,30 @@ def test_outcomes_are_not_written_when_the_claim_beside_them_fails(dsn, conn):
     conn.execute("DROP TRIGGER refuse_claims ON angela_queue.tasks")
     kept, claimed = record_and_claim(dsn, [Outcome(running, 1, True)], limit=5)
     assert kept == {running} and len(claimed) == 1
+
+
+def test_a_claim_alone_commits_asynchronously_and_outcomes_never_do(dsn, conn):
+    # The test server may run without synchronous commits: this database asks for them.
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(
+            sql.Identifier(conn.info.dbname)
+        )
+    )
+    conn.execute("CREATE TABLE public.claim_commits (sync text)")
+    conn.execute("""
+        CREATE FUNCTION public.note_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO public.claim_commits VALUES (current_setting('synchronous_commit'));
+            RETURN NEW;
+        END $$""")
+    conn.execute("""
+        CREATE TRIGGER note_commit_mode BEFORE UPDATE ON angela_queue.tasks FOR EACH ROW
+        WHEN (OLD.status = 'pending' AND NEW.status = 'running')
+        EXECUTE FUNCTION public.note_commit_mode()""")
+    add(conn)
+    _, (first,) = record_and_claim(dsn, [], limit=5)
+    add(conn)
+    kept, (_,) = record_and_claim(dsn, [Outcome(first.id, first.attempts, True)], limit=5)
+    assert kept == {first.id}
+    modes = [r[0] for r in conn.execute("SELECT sync FROM public.claim_commits").fetchall()]
+    assert modes == ["off", "on"]
