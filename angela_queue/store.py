@@ -24,6 +24,7 @@ from angela_queue.store_errors import translate_errors
 from angela_queue.types import EnqueueRequest, Task
 
 NOTIFY_CHANNEL = "angela_queue"
+INSERT_CHUNK = 500  # tasks per statement of a bulk insert (see TaskStore.task_insert_many)
 
 
 @dataclass(slots=True)  # not frozen: built once per task, and a frozen __init__ costs 2×
@@ -152,12 +153,32 @@ class TaskStore(AdminQueries):
         return None if row is None else int(row[0])
 
     def task_insert_many(self, reqs: Sequence[EnqueueRequest]) -> dict[int, tuple[int, str]]:
-        """Insert many tasks in one statement (no dedupe keys). Returns, by position in
-        ``reqs``, the task's id and status; a position is missing when a full bounded queue
-        skipped its task (the session's overflow mode 'skip')."""
+        """Insert many tasks (no dedupe keys), in the caller's transaction. Returns, by
+        position in ``reqs``, the task's id and status; a position is missing when a full
+        bounded queue skipped its task (the session's overflow mode 'skip').
+
+        Chunks of INSERT_CHUNK go out in one pipeline: the server inserts one while this
+        process encodes the next, instead of each side waiting for the other."""
+        placed: dict[int, tuple[int, str]] = {}
         with translate_errors(reqs[0].queue if reqs else None):
-            rows = self.conn.execute(Q["task_insert_many"], insert_many_params(reqs)).fetchall()
-        return {int(r[0]) - 1: (int(r[1]), str(r[2])) for r in rows}
+            if len(reqs) <= INSERT_CHUNK:
+                sent = [(0, self.conn.execute(Q["task_insert_many"], insert_many_params(reqs)))]
+            else:
+                with self.conn.pipeline():
+                    sent = [
+                        (
+                            start,
+                            self.conn.cursor().execute(
+                                Q["task_insert_many"],
+                                insert_many_params(reqs[start : start + INSERT_CHUNK]),
+                            ),
+                        )
+                        for start in range(0, len(reqs), INSERT_CHUNK)
+                    ]
+            for start, cur in sent:
+                for r in cur.fetchall():
+                    placed[start + int(r[0]) - 1] = (int(r[1]), str(r[2]))
+        return placed
 
     def task_complete_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
         """Mark tasks succeeded; returns the ids that were still ours (fencing)."""

@@ -147,3 +147,27 @@ def test_only_producers_may_call_it(dsn):
             "SELECT * FROM angela_queue.task_insert_many('{}', '{}', '{}', '{}', '{}', '{}',"
             " '{}', '{}', '{}')"
         )
+
+
+def test_positions_hold_across_the_statements_of_a_large_batch(dsn, conn):
+    """Results come back per statement of INSERT_CHUNK tasks; each maps to its position in
+    the whole batch, skipped tasks of a full bounded queue included."""
+    from angela_queue.store import INSERT_CHUNK
+
+    conn.execute(
+        "INSERT INTO angela_queue.queues (name, max_size, overflow_policy, drop_below_priority)"
+        " VALUES ('small', 1, 'drop_low', 5)"
+    )
+    reqs = [EnqueueRequest("a.b", {"i": i}) for i in range(2 * INSERT_CHUNK + 10)]
+    kept, skipped = INSERT_CHUNK - 1, INSERT_CHUNK + 3  # both of queue 'small', bound 1
+    reqs[kept] = EnqueueRequest("a.b", {"i": kept}, queue="small", priority=8)
+    reqs[skipped] = EnqueueRequest("a.b", {"i": skipped}, queue="small", priority=8)
+    with psycopg.connect(dsn) as c:
+        store = TaskStore(c)
+        store.session_set_overflow("skip")
+        placed = store.task_insert_many(reqs)
+        c.commit()
+    assert skipped not in placed and len(placed) == len(reqs) - 1
+    got = dict(conn.execute("SELECT id, (payload->>'i')::int FROM angela_queue.tasks").fetchall())
+    assert all(got[task_id] == k for k, (task_id, _) in placed.items())
+    assert placed[kept][1] == "pending"

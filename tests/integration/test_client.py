@@ -147,3 +147,15 @@ def test_unreachable_database_is_one_line_without_password():
         app.connect()
     assert "s3cret" not in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_enqueue_many_over_several_statements_is_still_all_or_nothing(app, conn):
+    """A batch larger than INSERT_CHUNK goes out as a pipeline of statements in one
+    transaction: an invalid task in its last statement undoes the ones before it."""
+    from angela_queue.store import INSERT_CHUNK
+
+    items = [EnqueueRequest("conversation.analyze", {"i": i}) for i in range(2 * INSERT_CHUNK)]
+    items.append(EnqueueRequest("conversation.analyze", priority=42))
+    with pytest.raises(errors.InvalidTask, match="priority"):
+        app.enqueue_many(items)
+    assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0] == 0

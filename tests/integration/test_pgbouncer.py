@@ -96,7 +96,8 @@ def test_client_enqueue_paths(pooled_dsn, conn):
     try:
         ids = [app.enqueue("a.b", {"n": i}, priority=1 + i % 10) for i in range(30)]
         assert app.enqueue("a.b", dedupe_key="k") == app.enqueue("a.b", dedupe_key="k")
-        many = app.enqueue_many([{"kind": "c.d", "payload": {"n": i}} for i in range(200)])
+        # Over INSERT_CHUNK: a pipeline of statements in one transaction, through the pooler.
+        many = app.enqueue_many([{"kind": "c.d", "payload": {"n": i}} for i in range(1200)])
         deduped = app.enqueue_many([{"kind": "c.d", "dedupe_key": f"m{i % 3}"} for i in range(9)])
         with app.connect() as own:  # the caller's transaction decides
             app.enqueue("tx.kept", conn=own)
@@ -114,10 +115,10 @@ def test_client_enqueue_paths(pooled_dsn, conn):
     finally:
         app.close()
     assert len(set(ids)) == 30 and len(set(async_ids)) == 10
-    assert [e.status for e in many] == ["queued"] * 200
+    assert [e.status for e in many] == ["queued"] * 1200
     assert len({e.id for e in deduped}) == 3
     assert count(conn, "kind = 'a.b'") == 31
-    assert count(conn, "kind = 'c.d'") == 203
+    assert count(conn, "kind = 'c.d'") == 1203
     assert count(conn, "kind = 'tx.kept'") == 1 and count(conn, "kind = 'tx.undone'") == 0
 
 
