@@ -248,16 +248,21 @@ class App:
         no id). An invalid task rejects the whole batch. Tasks with a ``dedupe_key`` take a
         row-by-row path (a duplicate is skipped row by row). Bulk enqueue never waits for room.
         """
-        reqs = [self._as_request(i) for i in items]
-        if not reqs:
+        given = list(items)
+        if not given:
             return []
+        dedupe = any(_dedupe_key(i) is not None for i in given)
+        # Without dedupe keys, each chunk of requests is built while the server inserts the
+        # one before (see TaskStore.task_insert_many); an invalid one undoes the whole batch.
+        reqs = [self._as_request(i) for i in given] if dedupe else map(self._as_request, given)
         if conn is None:
             with self._sync_pool().connection() as own, own.transaction():
-                return insert_many(own, reqs)
+                return insert_many(own, reqs, len(given), dedupe)
         if conn.info.transaction_status == pq.TransactionStatus.IDLE and not conn.autocommit:
-            return insert_many(conn, reqs)  # runs in the transaction the caller commits
+            # Runs in the transaction the caller commits: no request may fail half-way.
+            return insert_many(conn, list(reqs), len(given), dedupe)
         with conn.transaction():
-            return insert_many(conn, reqs)
+            return insert_many(conn, reqs, len(given), dedupe)
 
     def _as_request(self, item: EnqueueRequest | Mapping[str, Any]) -> EnqueueRequest:
         if isinstance(item, EnqueueRequest):
@@ -267,6 +272,10 @@ class App:
             raise errors.InvalidTask("each task needs a 'kind'")
         kind = data.pop("kind")
         return self.request(kind, data.pop("payload", None), **data)
+
+
+def _dedupe_key(item: EnqueueRequest | Mapping[str, Any]) -> Any:
+    return item.dedupe_key if isinstance(item, EnqueueRequest) else item.get("dedupe_key")
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -92,22 +92,26 @@ async def insert_one_async(
             await listener.close()
 
 
-def insert_many(conn: psycopg.Connection[Any], reqs: Sequence[EnqueueRequest]) -> list[Enqueued]:
-    """Insert ``reqs`` in one transaction on ``conn``; report what happened to each.
+def insert_many(
+    conn: psycopg.Connection[Any], reqs: Iterable[EnqueueRequest], count: int, dedupe: bool
+) -> list[Enqueued]:
+    """Insert the ``count`` tasks of ``reqs`` in one transaction on ``conn``; report what
+    happened to each. ``dedupe``: some have a dedupe_key (they go row by row); otherwise
+    ``reqs`` may be lazy, built as the chunks of the bulk insert are sent.
 
     Full bounded queues skip instead of failing (the session's overflow mode), so one
     full queue never loses the rest of the batch; invalid tasks still reject it whole.
     """
     store = TaskStore(conn)
     store.session_set_overflow("skip")  # undone with the transaction when anything fails
-    if any(r.dedupe_key is not None for r in reqs):
+    if dedupe:
         ids = [_insert_or_none(store, r) for r in reqs]
         statuses = store.task_status_many([i for i in ids if i is not None])
         placed = {k: (i, statuses[i]) for k, i in enumerate(ids) if i in statuses}
     else:
         placed = store.task_insert_many(reqs)
     store.session_set_overflow("")  # the caller's own later inserts fail loudly again
-    return [_outcome(placed.get(k)) for k in range(len(reqs))]
+    return [_outcome(placed.get(k)) for k in range(count)]
 
 
 def _outcome(placed: tuple[int, str] | None) -> Enqueued:

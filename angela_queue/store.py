@@ -8,7 +8,8 @@ translation of database errors in store_errors.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -152,29 +153,30 @@ class TaskStore(AdminQueries):
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def task_insert_many(self, reqs: Sequence[EnqueueRequest]) -> dict[int, tuple[int, str]]:
+    def task_insert_many(self, reqs: Iterable[EnqueueRequest]) -> dict[int, tuple[int, str]]:
         """Insert many tasks (no dedupe keys), in the caller's transaction. Returns, by
         position in ``reqs``, the task's id and status; a position is missing when a full
         bounded queue skipped its task (the session's overflow mode 'skip').
 
         Chunks of INSERT_CHUNK go out in one pipeline: the server inserts one while this
-        process encodes the next, instead of each side waiting for the other."""
+        process encodes the next, instead of each side waiting for the other. ``reqs`` may
+        be lazy: it is read a chunk at a time, as the chunks are sent."""
+        pending = iter(reqs)
+        chunk = list(itertools.islice(pending, INSERT_CHUNK))
+        if not chunk:
+            return {}
         placed: dict[int, tuple[int, str]] = {}
-        with translate_errors(reqs[0].queue if reqs else None):
-            if len(reqs) <= INSERT_CHUNK:
-                sent = [(0, self.conn.execute(Q["task_insert_many"], insert_many_params(reqs)))]
+        with translate_errors(chunk[0].queue):
+            if len(chunk) < INSERT_CHUNK:
+                sent = [(0, self.conn.execute(Q["task_insert_many"], insert_many_params(chunk)))]
             else:
+                sent = []
                 with self.conn.pipeline():
-                    sent = [
-                        (
-                            start,
-                            self.conn.cursor().execute(
-                                Q["task_insert_many"],
-                                insert_many_params(reqs[start : start + INSERT_CHUNK]),
-                            ),
-                        )
-                        for start in range(0, len(reqs), INSERT_CHUNK)
-                    ]
+                    while chunk:
+                        cur = self.conn.cursor()
+                        cur.execute(Q["task_insert_many"], insert_many_params(chunk))
+                        sent.append((len(sent) * INSERT_CHUNK, cur))
+                        chunk = list(itertools.islice(pending, INSERT_CHUNK))
             for start, cur in sent:
                 for r in cur.fetchall():
                     placed[start + int(r[0]) - 1] = (int(r[1]), str(r[2]))

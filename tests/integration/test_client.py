@@ -159,3 +159,19 @@ def test_enqueue_many_over_several_statements_is_still_all_or_nothing(app, conn)
     with pytest.raises(errors.InvalidTask, match="priority"):
         app.enqueue_many(items)
     assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0] == 0
+
+
+def test_an_invalid_request_late_in_a_large_batch_stores_nothing(app, dsn, conn):
+    """Requests are built chunk by chunk while earlier chunks are inserted; one that fails
+    to build undoes them, and in a caller's own transaction nothing is written at all."""
+    from angela_queue.store import INSERT_CHUNK
+
+    items = [{"kind": "conversation.analyze", "payload": {"i": i}} for i in range(2 * INSERT_CHUNK)]
+    items.append({"payload": {"no": "kind"}})
+    with pytest.raises(errors.InvalidTask, match="kind"):
+        app.enqueue_many(items)
+    with psycopg.connect(dsn) as own:
+        with pytest.raises(errors.InvalidTask, match="kind"):
+            app.enqueue_many(items, conn=own)
+        assert own.execute("SELECT count(*) FROM angela_queue.tasks").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0] == 0
