@@ -45,3 +45,20 @@ def test_concurrent_migrate_runs_are_serialised(empty_dsn):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert migrate.current(empty_dsn) == migrate.head_revision()
+
+
+def test_a_downgrade_restores_the_functions_each_migration_replaced(empty_dsn):
+    """Migrations that replace a function must give back the previous one on the way down
+    (0016 rewrites task_insert_many and task_notify_inserted)."""
+    functions = "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p" \
+        " JOIN pg_namespace n ON n.oid = p.pronamespace" \
+        " WHERE n.nspname = 'angela_queue' ORDER BY 1"  # fmt: skip
+    migrate.upgrade(empty_dsn, "0015")
+    with psycopg.connect(empty_dsn) as conn:
+        before = conn.execute(functions).fetchall()
+    migrate.upgrade(empty_dsn)
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute(functions).fetchall() != before
+    migrate.downgrade(empty_dsn, "0015")
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute(functions).fetchall() == before
