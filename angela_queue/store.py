@@ -26,6 +26,7 @@ from angela_queue.types import EnqueueRequest, Task
 
 NOTIFY_CHANNEL = "angela_queue"
 INSERT_CHUNK = 500  # tasks per statement of a bulk insert (see TaskStore.task_insert_many)
+OUTCOME_CHUNK = 100  # outcomes per statement (see AsyncTaskStore.task_record_and_claim)
 
 
 @dataclass(slots=True)  # not frozen: built once per task, and a frozen __init__ costs 2×
@@ -345,16 +346,14 @@ class AsyncTaskStore:
             # the claimed tasks are ours only once that commit returned.
             async with self.conn.pipeline():
                 recorded = []
-                if done:
-                    recorded.append(
-                        await self.conn.execute(
-                            Q["task_complete_many"], complete_params(worker_id, done)
-                        )
-                    )
-                if failed:
-                    recorded.append(
-                        await self.conn.execute(Q["task_fail_many"], fail_params(worker_id, failed))
-                    )
+                # In statements of OUTCOME_CHUNK: each row's lookup in its statement's arrays
+                # costs in proportion to their length (see task_complete_many).
+                for start in range(0, len(done), OUTCOME_CHUNK):
+                    params = complete_params(worker_id, done[start : start + OUTCOME_CHUNK])
+                    recorded.append(await self.conn.execute(Q["task_complete_many"], params))
+                for start in range(0, len(failed), OUTCOME_CHUNK):
+                    params = fail_params(worker_id, failed[start : start + OUTCOME_CHUNK])
+                    recorded.append(await self.conn.execute(Q["task_fail_many"], params))
                 claim = None
                 if limit > 0 and not outcomes:
                     await self.conn.execute(Q["claim_commit_async"])

@@ -380,3 +380,26 @@ def test_a_claim_alone_commits_asynchronously_and_outcomes_never_do(dsn, conn):
     assert kept == {first.id}
     modes = [r[0] for r in conn.execute("SELECT sync FROM public.claim_commits").fetchall()]
     assert modes == ["off", "on"]
+
+
+def test_outcomes_beyond_one_statement_s_worth_are_all_recorded(dsn, conn):
+    """More outcomes than OUTCOME_CHUNK go out as several statements of one transaction."""
+    from angela_queue.store import OUTCOME_CHUNK
+
+    n = 2 * OUTCOME_CHUNK + 7
+    conn.execute(
+        "INSERT INTO angela_queue.tasks (kind) SELECT 'a.b' FROM generate_series(1, %s)", (n,)
+    )
+    tasks = claim(dsn, n)
+    outcomes = [
+        Outcome(t.id, t.attempts, True)
+        if k % 3
+        else Outcome(t.id, t.attempts, False, error="x", retry_in_s=None)
+        for k, t in enumerate(tasks)
+    ]
+    kept, claimed = record_and_claim(dsn, outcomes, limit=5)
+    assert kept == {t.id for t in tasks} and claimed == []
+    counts = dict(
+        conn.execute("SELECT status, count(*) FROM angela_queue.tasks GROUP BY 1").fetchall()
+    )
+    assert counts == {"succeeded": n - len(range(0, n, 3)), "failed": len(range(0, n, 3))}
