@@ -498,7 +498,7 @@ class Worker:
             )
 
     async def _flush(self, store: AsyncTaskStore) -> None:
-        """Write buffered outcomes: one statement for successes, one for failures."""
+        """Write buffered outcomes (the graceful stop's last write): no claim beside them."""
         await self._record_and_claim(store, 0)
 
     async def _record_and_claim(self, store: AsyncTaskStore, limit: int) -> list[Task]:
