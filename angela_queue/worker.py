@@ -276,6 +276,9 @@ class Worker:
                         self._start(runner, task)
                     for batch in batches:
                         self._start_batch(runner, batch)
+                    # The handlers just started take their first step before this loop sends
+                    # its next query: an idle worker's wake-up starts the task, then re-arms.
+                    await asyncio.sleep(0)
                 backoff = 0.1
                 if free > 0 and len(claimed) == free:
                     continue  # more may be waiting: claim again at once
