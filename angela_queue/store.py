@@ -78,7 +78,7 @@ def insert_many_params(reqs: Sequence[EnqueueRequest]) -> dict[str, Any]:
     return {
         "queues": [r.queue for r in reqs],
         "kinds": [r.kind for r in reqs],
-        "payloads": [Jsonb(r.payload) for r in reqs],
+        "payloads": Jsonb([r.payload for r in reqs]),  # one JSON array (see the query)
         "priorities": [r.priority for r in reqs],
         "run_ats": [r.run_at for r in reqs],
         "enqueued_ats": [r.enqueued_at for r in reqs],

@@ -178,10 +178,13 @@ RETURNING id;
 -- name: task_insert_many
 -- A batch priced and inserted by the database in one statement (migration 0010): one array
 -- per column, NULLs for the database's defaults. Rows: position (1-based), id, status.
--- Binary parameters (%%(…)b): half the client's cost of sending the payloads.
+-- Binary parameters (%%(…)b): half the client's cost of sending the arrays. The payloads
+-- come as one JSON array, split here: one json.dumps per chunk instead of one per task.
 SELECT ord, id, status
   FROM angela_queue.task_insert_many(%(queues)b::text[], %(kinds)b::text[],
-                                     %(payloads)b::jsonb[], %(priorities)b::smallint[],
+                                     ARRAY(SELECT p FROM jsonb_array_elements(%(payloads)b::jsonb)
+                                                         WITH ORDINALITY AS e(p, i) ORDER BY i),
+                                     %(priorities)b::smallint[],
                                      %(run_ats)b::timestamptz[], %(enqueued_ats)b::timestamptz[],
                                      %(max_attempts)b::smallint[], %(timeouts)b::integer[],
                                      %(batch_keys)b::text[]);
