@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -44,6 +45,11 @@ def record(task: Task) -> dict[str, int]:
 @app.task("test.noop")
 def noop(task: Task) -> None:
     return None
+
+
+@app.task("test.gc_frozen")
+def gc_frozen(task: Task) -> dict[str, int]:
+    return {"frozen": gc.get_freeze_count()}
 
 
 @app.task("test.async_record")

@@ -149,6 +149,22 @@ def test_async_and_transactional_handlers(dsn, runs):
     )
 
 
+def test_the_worker_process_keeps_its_startup_objects_out_of_the_collectors_sight(dsn, runs):
+    app = App(Settings(dsn=dsn))
+    task_id = app.enqueue("test.gc_frozen")
+    app.close()
+    worker = start_worker(dsn)
+    try:
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 1, timeout=30)
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    (result,) = runs.execute(
+        "SELECT result FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchone()
+    assert result["frozen"] > 10_000  # the modules and the app, frozen before the first task
+
+
 def test_async_handler_over_its_timeout_is_cancelled_and_retried(dsn, runs):
     app = App(Settings(dsn=dsn))
     task_id = app.enqueue("test.async_slow", {"seconds": 30}, timeout_s=1, max_attempts=1)
