@@ -38,6 +38,9 @@ def migrate(dsn: DsnOption = None) -> None:
     out.print(f"schema angela_queue at revision {migrations.current(target)}")
 
 
+MAX_DELAY_S = 100 * 365.25 * 86400  # a delay past this is a typo, and past ~9999 AD an overflow
+
+
 @app.command()
 def worker(
     app_spec: Annotated[str, typer.Option("--app", help="Handlers: MODULE:ATTR of an App.")],
@@ -94,6 +97,8 @@ def enqueue(
         raise CliError("--payload must be a JSON object")
     if not 1 <= priority <= 10:
         raise CliError("--priority must be between 1 and 10")
+    if not 0 <= delay <= MAX_DELAY_S:
+        raise CliError(f"--delay must be between 0 and {MAX_DELAY_S:.0f} seconds (100 years)")
     settings = load_settings(dsn=dsn)
     client = App(settings, dsn=resolve_dsn(settings))
     with connect(client.dsn, autocommit=True) as conn:

@@ -268,6 +268,8 @@ def test_an_infinite_time_is_refused(conn, column, value):
         ("enqueue", "a.b", "--priority", "5.5"),
         ("enqueue", "a.b", "--priority", "0"),
         ("enqueue", "a.b", "--delay", "soon"),
+        ("enqueue", "a.b", "--delay", "251606171968"),  # past year 9999: was a traceback
+        ("enqueue", "a.b", "--delay", "-5"),
         ("enqueue",),
         ("enqueue", "x'; DROP TABLE angela_queue.tasks;--"),
         ("enqueue", "../../etc/passwd"),
