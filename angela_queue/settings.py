@@ -56,6 +56,9 @@ class Settings:
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 4
     listen: bool = True
+    # An idle worker leaves an offer that the next producer's commit fills (migration
+    # 0017): its task starts without a claim round trip. Needs listen.
+    push: bool = True
     # Server-side prepared statements (psycopg prepares a query after 5 runs on a
     # connection); off behind a transaction-mode pooler that cannot track them.
     prepare: bool = True

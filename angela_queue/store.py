@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
@@ -40,6 +40,14 @@ class Outcome:
     error: str | None = None
     # Seconds until the retry, counted on the database's clock; None: failed for good.
     retry_in_s: float | None = None
+
+
+class Recorded(NamedTuple):
+    """What task_record_and_claim did: outcomes still ours, tasks claimed, offer withdrawn."""
+
+    kept: set[int]
+    claimed: list[Task]
+    offer: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,11 +336,16 @@ class AsyncTaskStore:
         queues: Sequence[str],
         kinds: Sequence[str],
         limit: int,
-    ) -> tuple[set[int], list[Task]]:
+        *,
+        withdraw_offer: bool = False,
+    ) -> Recorded:
         """Record ``outcomes`` (as task_complete_many and task_fail_many) and claim up to
         ``limit`` tasks (as task_claim), all in one round trip and one transaction: a busy
         worker pays one commit per batch instead of two. Returns the ids of ``outcomes``
         that were still ours, and the claimed tasks. Nothing is written if any part fails.
+
+        ``withdraw_offer`` first deletes the worker's offer (migration 0017): ``offer`` is
+        then the id of the offer deleted, None if a producer had filled it.
 
         A claim with no outcomes beside it commits without waiting for its WAL flush (an
         idle worker's wake-up, 0.1–0.2 ms sooner): a server crash may forget it, and the task
@@ -345,6 +358,12 @@ class AsyncTaskStore:
             # One implicit transaction until the pipeline's Sync (autocommit connection):
             # the claimed tasks are ours only once that commit returned.
             async with self.conn.pipeline():
+                # First: waiting for a producer that is filling the offer, it holds nothing.
+                withdrawal = (
+                    await self.conn.execute(Q["offer_withdraw"], {"worker_id": worker_id})
+                    if withdraw_offer
+                    else None
+                )
                 recorded = []
                 # In statements of OUTCOME_CHUNK: each row's lookup in its statement's arrays
                 # costs in proportion to their length (see task_complete_many).
@@ -364,7 +383,8 @@ class AsyncTaskStore:
                     )
             kept = {int(r[0]) for cur in recorded for r in await cur.fetchall()}
             claimed = await claim.fetchall() if claim is not None else []
-        return kept, claimed
+            deleted = await withdrawal.fetchone() if withdrawal is not None else None
+        return Recorded(kept, claimed, None if deleted is None else int(deleted[0]))
 
     async def task_fail_many(self, worker_id: int, outcomes: Sequence[Outcome]) -> set[int]:
         """Record failures (retry or final); returns the ids that were still ours."""
@@ -402,6 +422,48 @@ class AsyncTaskStore:
     async def queue_listen(self) -> None:
         """Subscribe this connection to the wake-up channel (NOTIFY_CHANNEL)."""
         await self.conn.execute(Q["queue_listen"])
+
+    async def queue_offer(
+        self, worker_id: int, offer_id: int, queues: Sequence[str], kinds: Sequence[str]
+    ) -> str:
+        """Arm ``queues`` and leave an offer (migration 0017): 'offered', 'due' or 'busy'."""
+        params = {
+            "worker_id": worker_id,
+            "offer_id": offer_id,
+            "queues": list(queues),
+            "kinds": list(kinds),
+        }
+        with translate_errors():
+            cur = await self.conn.execute(Q["queue_offer"], params)
+            row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    async def offer_withdraw(self, worker_id: int) -> int | None:
+        """Delete the worker's offer: its id, or None when a producer filled it."""
+        with translate_errors():
+            cur = await self.conn.execute(Q["offer_withdraw"], {"worker_id": worker_id})
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])
+
+    async def task_adopt_unknown(self, worker_id: int, known_ids: Sequence[int]) -> list[Task]:
+        """Withdraw the worker's offer, then return the tasks running under it that it does
+        not know (pushes whose notification was lost, claims whose reply was), in one
+        transaction: every push filled before the withdrawal is among them."""
+        with translate_errors():
+            async with self.conn.pipeline():
+                await self.conn.execute(Q["offer_withdraw"], {"worker_id": worker_id})
+                cur = self.conn.cursor(row_factory=task_row)
+                await cur.execute(
+                    Q["task_adopt_unknown"], {"worker_id": worker_id, "known_ids": list(known_ids)}
+                )
+            return await cur.fetchall()
+
+    async def worker_hold_listener_lock(self, worker_id: int) -> bool:
+        """Take the lock that proves this session alive to producers (migration 0017)."""
+        cur = await self.conn.execute(Q["worker_hold_listener_lock"], {"worker_id": worker_id})
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def queue_get(self, name: str) -> dict[str, Any] | None:
         with translate_errors():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -50,7 +51,8 @@ def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueu
     diag = exc.diag
     message = diag.message_primary or str(exc)
     if exc.sqlstate == "AQ001":
-        return errors.UnknownQueue(queue or message)
+        named = re.fullmatch(r'unknown queue "(.*)"', message)
+        return errors.UnknownQueue(queue or (named.group(1) if named else message))
     if exc.sqlstate == "AQ003":
         return errors.PayloadTooLarge(message)
     if exc.sqlstate == "AQ002":
@@ -58,7 +60,9 @@ def translate(exc: psycopg.Error, queue: str | None = None) -> errors.AngelaQueu
     if exc.sqlstate == "AQ005":
         return errors.InvalidTask(message)
     if exc.sqlstate == "23503" and diag.constraint_name == "queue_waiters_queue_fkey":
-        return errors.UnknownQueue(queue or message)  # a worker arming a deleted queue
+        # A worker arming a queue deleted meanwhile: "Key (queue)=(name) is not present …".
+        named = re.match(r"Key \(queue\)=\((.*)\) is not present", diag.message_detail or "")
+        return errors.UnknownQueue(queue or (named.group(1) if named else message))
     if isinstance(exc, pg_errors.CheckViolation | pg_errors.NotNullViolation):
         constraint = diag.constraint_name
         text = CONSTRAINT_MESSAGES.get(constraint or "", message)

@@ -36,13 +36,15 @@ from angela_queue.cleaner import Cleaner, CleanerConfig
 from angela_queue.client import App
 from angela_queue.execution import TaskRunner
 from angela_queue.heartbeat import Heartbeater, WorkerCounters
+from angela_queue.listener import PushHooks
 from angela_queue.listener import listen as listen_for_work
 from angela_queue.payload import decode_tolerantly
+from angela_queue.push import AWAITED_LATE_S, Offers, parse_push
 from angela_queue.reaper import Reaper, ReaperConfig
 from angela_queue.registry import Handler
 from angela_queue.settings import Settings
 from angela_queue.sql import QUERIES as Q
-from angela_queue.store import AsyncTaskStore, Outcome, TaskStore
+from angela_queue.store import AsyncTaskStore, Outcome, Recorded, TaskStore
 from angela_queue.types import Task
 from angela_queue.watchdog import (
     EXIT_DECLARED_DEAD,
@@ -94,6 +96,11 @@ class Worker:
         self.queues = tuple(queues or s.queues)
         self.concurrency = concurrency or s.concurrency
         self.listen = s.listen if listen is None else listen
+        # Push (migration 0017): offers made, filled and awaited; None without push.
+        self._offers: Offers | None = Offers() if self.listen and s.push else None
+        self._push_ready = False  # the listener holds its lock and hears pushes
+        self._adopt = False  # a push may have been lost: adopt unknown running tasks
+        self._runner: TaskRunner | None = None
         self.kinds = app.registry.kinds()
         self.worker_id: int | None = None
         self.counters = WorkerCounters()
@@ -196,14 +203,22 @@ class Worker:
         async_pool, sync_pool = self._transactional_pools(dsn)
         if async_pool is not None:
             await async_pool.open()
-        runner = TaskRunner(self.settings, self.worker_id, threads, async_pool, sync_pool)
+        runner = self._runner = TaskRunner(
+            self.settings, self.worker_id, threads, async_pool, sync_pool
+        )
+        hooks = (
+            PushHooks(self.worker_id, self._pushed, self._push_listening)
+            if self._offers is not None
+            else None
+        )
         listener = (
-            asyncio.create_task(listen_for_work(dsn, self.queues, self._notified))
+            asyncio.create_task(listen_for_work(dsn, self.queues, self._notified, hooks))
             if self.listen
             else None
         )
         try:
             conn = await self._loop(conn, runner)
+            await self._give_back_pushes(conn)
             await self._drain(conn)
         finally:
             for side in (listener, ticker, expirer):
@@ -261,44 +276,46 @@ class Worker:
         self, conn: psycopg.AsyncConnection[Any], runner: TaskRunner
     ) -> psycopg.AsyncConnection[Any]:
         backoff = 0.1
+        offers = self._offers
         while not self._stopping.is_set():
             try:
                 store = AsyncTaskStore(conn)
                 self._conn = conn
-                if self._reconnected:
+                if offers is not None and (self._reconnected or self._adopt or offers.late()):
+                    await self._adopt_unknown(store, runner)
+                elif self._reconnected:
                     await self._release_unknown(store)
-                free = self.concurrency - len(self._running)
+                free = self.concurrency - len(self._running) - self._reserved()
+                # A notification came while an offer stands: its slot may be needed for work
+                # no push brings (a retry, a reclaim, a promotion), so the claim withdraws it.
+                withdraw = offers is not None and offers.standing is not None and not self._armed
                 # Outcomes so far and the next claim share a round trip and a commit. The
                 # claim also promotes scheduled tasks that fell due.
-                claimed = await self._record_and_claim(store, max(free, 0))
+                recorded = await self._record_and_claim(store, max(free, 0), withdraw)
+                slot_back = offers is not None and withdraw and offers.withdrawn(recorded.offer)
+                claimed = recorded.claimed
                 if claimed:
-                    singles, batches = group_for_batches(claimed, self.app.registry)
-                    for task in singles:
-                        self._start(runner, task)
-                    for batch in batches:
-                        self._start_batch(runner, batch)
+                    self._start_all(runner, claimed)
                     # The handlers just started take their first step before this loop sends
                     # its next query: an idle worker's wake-up starts the task, then re-arms.
                     await asyncio.sleep(0)
                 backoff = 0.1
-                if free > 0 and len(claimed) == free:
+                if len(claimed) == max(free, 0) and (free > 0 or slot_back):
                     continue  # more may be waiting: claim again at once
-                if free <= 0:
-                    await self._wait(None)  # every slot busy: a finished task wakes us
+                offering = offers is not None and offers.standing is not None
+                if free <= 0 and not offering:
+                    # Every slot busy: a finished task wakes us (an awaited push keeps its
+                    # slot until it comes, or is late).
+                    await self._wait(AWAITED_LATE_S if offers and offers.awaited else None)
                     continue
-                if self.listen and not self._armed:
-                    # About to sleep: ask producers for a NOTIFY, then claim once more (what
-                    # was inserted before the flags were set did not notify; migration 0012).
-                    for queue in self.queues:
-                        await store.queue_arm(queue)
-                    self._armed = True
-                    continue
+                if not await self._offer_or_arm(store):
+                    continue  # something is due after all: claim it
                 # The claim took every claimable task: none left means the idle interval; a
                 # partial claim means others hold the rest, so count how busy the queues are.
                 pending = (
                     await store.queue_count_ready(self.queues, BUSY_PENDING + 1) if claimed else 0
                 )
-                await self._wait(
+                woken = await self._wait(
                     poll_interval(
                         pending,
                         self.settings.poll_busy_s,
@@ -306,6 +323,10 @@ class Worker:
                         self.settings.poll_idle_s,
                     )
                 )
+                if not woken and self.concurrency - len(self._running) - self._reserved() <= 0:
+                    # The poll, with no slot to claim into but the offer's: promote what fell
+                    # due, as a claim would; its NOTIFY then brings the claim.
+                    await store.task_promote_due()
             except errors.UnknownQueue as exc:
                 log.error(
                     "stopping: a queue this worker serves was deleted (%s)",
@@ -330,26 +351,119 @@ class Worker:
                 self._armed = False  # a restarted server has lost the (unlogged) flags
         return conn
 
+    def _reserved(self) -> int:
+        return self._offers.reserved() if self._offers is not None else 0
+
+    async def _offer_or_arm(self, store: AsyncTaskStore) -> bool:
+        """About to sleep: leave an offer (push), or ask producers for a NOTIFY. False when
+        the worker should claim instead of sleeping."""
+        offers = self._offers
+        free = self.concurrency - len(self._running) - self._reserved()
+        if offers is not None and self._push_ready and offers.standing is None and free > 0:
+            offer_id = offers.next_offer_id()
+            state = await store.queue_offer(self.worker_id or 0, offer_id, self.queues, self.kinds)
+            if state == "offered":
+                offers.offered(offer_id)
+                self._armed = True
+                return True
+            if state == "due":
+                self._armed = True  # queue_offer armed every queue before it looked
+                return False
+            # 'busy': a producer held one of several queues' locks; arm one at a time.
+        if self.listen and not self._armed:
+            # Ask producers for a NOTIFY, then claim once more (what was inserted before the
+            # flags were set did not notify; migration 0012).
+            for queue in self.queues:
+                await store.queue_arm(queue)
+            self._armed = True
+            return False
+        return True
+
+    def _start_all(self, runner: TaskRunner, tasks: list[Task]) -> None:
+        singles, batches = group_for_batches(tasks, self.app.registry)
+        for task in singles:
+            self._start(runner, task)
+        for batch in batches:
+            self._start_batch(runner, batch)
+
+    def _known_ids(self) -> list[int]:
+        """Every task this worker runs or has results of (batch mates included)."""
+        known = set(self._running) | set(self.counters.running)
+        return sorted(known | {o.task_id for o in self._outcomes})
+
     async def _release_unknown(self, store: AsyncTaskStore) -> None:
         """After a reconnect: a claim may have committed while its reply was lost."""
-        known = set(self._running) | {o.task_id for o in self._outcomes}
-        released = await store.task_release_unknown(self.worker_id or 0, sorted(known))
+        released = await store.task_release_unknown(self.worker_id or 0, self._known_ids())
         self._reconnected = False
         if released:
             log.warning(
-                "released %d task(s) claimed just before the connection was lost: %s",
+                "released %d task(s) claimed for this worker but never started: %s",
                 len(released),
                 ", ".join(map(str, released)),
             )
+
+    async def _adopt_unknown(self, store: AsyncTaskStore, runner: TaskRunner) -> None:
+        """Push: withdraw the offer and run what is running under this worker unknown to it
+        (a push whose notification was lost, a claim whose reply was lost)."""
+        assert self._offers is not None
+        tasks = await store.task_adopt_unknown(self.worker_id or 0, self._known_ids())
+        self._reconnected = self._adopt = False
+        self._offers.adopted([t.id for t in tasks])
+        if tasks:
+            log.warning(
+                "adopted %d task(s) pushed or claimed for this worker without word: %s",
+                len(tasks),
+                ", ".join(str(t.id) for t in tasks),
+                extra={"event": "tasks_adopted", "worker_id": self.worker_id},
+            )
+            self._start_all(runner, tasks)
+
+    def _pushed(self, payload: str) -> None:
+        """The listener heard a push: a producer's commit filled this worker's offer with a
+        task, claimed for it. Start it now, unless it is a late copy of an adopted one."""
+        offers, runner = self._offers, self._runner
+        if offers is None or runner is None or self._stopping.is_set():
+            return  # stopping: _give_back_pushes releases it
+        push = parse_push(payload, self.worker_id or 0)
+        if not offers.received(push, push.task_id in self.counters.running):
+            return
+        if push.task is None:
+            self._adopt = True  # too large for NOTIFY: read it from the table
+            self._wake.set()
+            return
+        self._start_all(runner, [push.task])
+
+    def _push_listening(self, ready: bool) -> None:
+        """The listener can hear pushes (True) or lost them (False). Pushes sent to a lost
+        session are lost too: a reserved slot is settled by adoption."""
+        self._push_ready = ready
+        if self._offers is not None and self._offers.reserved():
+            self._adopt = True
+            self._wake.set()
+
+    async def _give_back_pushes(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Stopping: withdraw the offer, then release what was pushed but not started."""
+        if self._offers is None or not self._offers.reserved():
+            return
+        with contextlib.suppress(psycopg.Error, errors.AngelaQueueError):
+            store = AsyncTaskStore(conn)
+            await store.offer_withdraw(self.worker_id or 0)
+            self._offers.adopted([])
+            await self._release_unknown(store)
 
     def _give_up_wedged(self, store: TaskStore, silent_s: float) -> None:
         reaper = Reaper(ReaperConfig.from_settings(self.settings))
         give_up_wedged(store, self.worker_id or 0, reaper, silent_s)
 
-    async def _wait(self, timeout: float | None) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def _wait(self, timeout: float | None) -> bool:
+        """Sleep until woken or ``timeout``; True when woken."""
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout)
-        self._wake.clear()
+        except TimeoutError:
+            return False
+        finally:
+            self._wake.clear()
+        return True
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -505,14 +619,22 @@ class Worker:
         """Write buffered outcomes (the graceful stop's last write): no claim beside them."""
         await self._record_and_claim(store, 0)
 
-    async def _record_and_claim(self, store: AsyncTaskStore, limit: int) -> list[Task]:
-        """Write buffered outcomes and claim up to ``limit`` tasks, in one transaction."""
-        if not self._outcomes and limit <= 0:
-            return []
+    async def _record_and_claim(
+        self, store: AsyncTaskStore, limit: int, withdraw_offer: bool = False
+    ) -> Recorded:
+        """Write buffered outcomes and claim up to ``limit`` tasks, in one transaction,
+        after withdrawing the standing offer if asked (see task_record_and_claim)."""
+        if not self._outcomes and limit <= 0 and not withdraw_offer:
+            return Recorded(set(), [])
         batch, self._outcomes = self._outcomes, []
         try:
-            kept, claimed = await store.task_record_and_claim(
-                self.worker_id or 0, batch, self.queues, self.kinds, limit
+            kept, claimed, offer = await store.task_record_and_claim(
+                self.worker_id or 0,
+                batch,
+                self.queues,
+                self.kinds,
+                limit,
+                withdraw_offer=withdraw_offer,
             )
         except BaseException:
             self._outcomes = batch + self._outcomes  # written on the next try
@@ -527,7 +649,7 @@ class Worker:
                     "task_id": lost,
                 },
             )
-        return claimed
+        return Recorded(kept, claimed, offer)
 
     async def _drain(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Graceful stop: let running tasks finish within the grace period, then record."""

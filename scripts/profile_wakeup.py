@@ -1,6 +1,7 @@
 """Where an idle worker's enqueue → start latency goes (`python scripts/profile_wakeup.py`).
 
-scripts/bench.py measures the latency end to end; this splits it. One worker (run as
+scripts/bench.py measures the latency end to end; this splits that of the claim path (push
+off: a pushed task starts without a claim). One worker (run as
 ``python -m scripts.profile_wakeup worker``) timestamps each step of its wake-up path: the
 NOTIFY reaching its listener, the claim sent, the claim back, the handler started. A
 producer sends ``--tasks`` single enqueues at ``--rate`` per second, like bench.py's
@@ -51,14 +52,12 @@ def run_worker(out_path: Path) -> None:
 
     claim = store.AsyncTaskStore.task_record_and_claim
 
-    async def timed_claim(
-        self: store.AsyncTaskStore, *args: Any, **kwargs: Any
-    ) -> tuple[set[int], list[Task]]:
+    async def timed_claim(self: store.AsyncTaskStore, *args: Any, **kwargs: Any) -> store.Recorded:
         mark("claim_sent")
-        kept, tasks = await claim(self, *args, **kwargs)
-        if tasks:
+        recorded = await claim(self, *args, **kwargs)
+        if recorded.claimed:
             mark("claim_back")
-        return kept, tasks
+        return recorded
 
     worker.Worker._notified = timed_notified  # type: ignore[method-assign]
     store.AsyncTaskStore.task_record_and_claim = timed_claim  # type: ignore[method-assign]
@@ -116,7 +115,13 @@ def insert_cost(dsn: str, runs: int) -> dict[str, float]:
 def measure(dsn: str, tasks: int, rate: float) -> None:
     folder = Path(tempfile.mkdtemp(prefix="aq-wakeup-"))
     steps = folder / "steps.txt"
-    env = {**os.environ, "ANGELA_QUEUE_DSN": dsn, "ANGELA_QUEUE_LOG_LEVEL": "warning"}
+    # The claim path: with push (the default) a woken idle worker would not claim at all.
+    env = {
+        **os.environ,
+        "ANGELA_QUEUE_DSN": dsn,
+        "ANGELA_QUEUE_LOG_LEVEL": "warning",
+        "ANGELA_QUEUE_PUSH": "false",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.profile_wakeup", "worker", str(steps)],
         cwd=Path(__file__).resolve().parents[1],

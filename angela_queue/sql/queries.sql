@@ -20,6 +20,23 @@ SELECT count(*) AS n FROM (
 -- on an autocommit connection: one queue, one short transaction.
 SELECT angela_queue.queue_arm(%(queue)s);
 
+-- name: queue_offer
+-- A worker about to sleep: arm its queues and leave an offer of one slot, which the next
+-- producer's commit fills (migration 0017). 'offered', 'due' (claim instead) or 'busy'.
+SELECT angela_queue.queue_offer(%(worker_id)s, %(offer_id)s, %(queues)s::text[],
+                                %(kinds)s::text[]) AS state;
+
+-- name: offer_withdraw
+-- The worker's offer, if no producer filled it yet; a filled one's push is on its way. An
+-- offer being filled is locked by that producer until it commits, so this waits for it.
+DELETE FROM angela_queue.worker_offers WHERE worker_id = %(worker_id)s RETURNING offer_id;
+
+-- name: worker_hold_listener_lock
+-- The listener session holds this lock as long as it lives: a producer that can take it
+-- shared knows the worker's pushes would be lost, and fills no offer of it (0017).
+SELECT pg_try_advisory_lock(1095827716, (%(worker_id)s::bigint %% 2147483648)::integer)
+       AS locked;
+
 -- name: queue_get
 SELECT name, max_size, overflow_policy, drop_below_priority, aging_rate, paused, target_waits
   FROM angela_queue.queues WHERE name = %(name)s;
@@ -204,6 +221,21 @@ WITH due AS (
 SELECT q.queue, pg_notify('angela_queue', q.queue)::text AS notified
   FROM (SELECT DISTINCT queue FROM promoted) q;
 
+-- name: task_adopt_unknown
+-- After a listener reconnect or a late push: the tasks running under this worker that it
+-- does not know it runs (pushed while their notification was lost, or claimed while the
+-- reply was lost). The worker runs them: they are its own, under their current attempt.
+SELECT t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier, t.attempts,
+       t.max_attempts, t.enqueued_at, t.run_at, t.deadline_at, t.started_at, t.batch_key,
+       t.dedupe_key, t.timeout_s,
+       q.aging_rate * angela_queue.epoch_minutes(now()) - t.sort_key AS effective_priority,
+       t.worker_id
+  FROM angela_queue.tasks t
+  JOIN angela_queue.queues q ON q.name = t.queue
+ WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
+   AND t.id <> ALL(%(known_ids)s::bigint[])
+ ORDER BY effective_priority DESC, t.id;
+
 -- name: task_reclaim_orphaned
 -- Tasks running under a worker that is dead, or has no row at all, go back to pending (the
 -- attempt they used stays counted) or fail when it was their last. One statement: SKIP
@@ -272,11 +304,13 @@ SELECT id, status, queue, worker_id,
 
 -- name: task_release_unknown
 -- After a reconnect: tasks running under this worker that it does not know it runs (the
--- claim committed but its reply was lost with the connection) go back to pending with
--- that attempt un-counted, since no handler ever started them.
+-- claim committed but its reply was lost with the connection), or, as a worker stops, a
+-- task pushed to it that it will not start (migration 0017), go back to pending with that
+-- attempt un-counted, since no handler ever started them.
 UPDATE angela_queue.tasks
    SET status = 'pending', ready = true, attempts = attempts - 1,
-       last_error = 'Released: the reply to its claim was lost with the connection'
+       last_error = 'Released: claimed for its worker, which never started it (the claim''s'
+                    ' reply was lost, or the worker stopped first)'
  WHERE status = 'running' AND worker_id = %(worker_id)s AND id <> ALL(%(known_ids)s::bigint[])
 RETURNING id;
 
@@ -310,6 +344,10 @@ SELECT coalesce(sum(angela_queue.claim_floor_raise(q, %(kinds)s::text[],
   FROM (SELECT DISTINCT unnest(%(queues)s::text[]) AS q ORDER BY 1) queues;
 
 -- name: worker_mark_dead
+-- Its offer goes with it (migration 0017): no producer would fill it anyway.
+WITH withdrawn AS (
+    DELETE FROM angela_queue.worker_offers WHERE worker_id = %(id)s
+)
 UPDATE angela_queue.workers
    SET status = 'dead', heartbeat_at = now(), current_task_id = NULL
  WHERE id = %(id)s;
@@ -319,11 +357,18 @@ UPDATE angela_queue.workers
 -- the only one compared, never a worker's. heartbeat_at is kept as the last sign of life.
 -- Safe from many reapers at once: an UPDATE that waited for another's row lock re-checks
 -- the row after that commit, finds it dead, and leaves it alone.
-UPDATE angela_queue.workers
-   SET status = 'dead', current_task_id = NULL
- WHERE status <> 'dead'
-   AND heartbeat_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(timeout_s)s)
-RETURNING id;
+WITH dead AS (
+    UPDATE angela_queue.workers
+       SET status = 'dead', current_task_id = NULL
+     WHERE status <> 'dead'
+       AND heartbeat_at < coalesce(%(now)s::timestamptz, now())
+                          - make_interval(secs => %(timeout_s)s)
+    RETURNING id
+), withdrawn AS (
+    -- Their offers too (migration 0017).
+    DELETE FROM angela_queue.worker_offers o USING dead WHERE o.worker_id = dead.id
+)
+SELECT id FROM dead;
 
 -- name: worker_register
 INSERT INTO angela_queue.workers (hostname, pid, queues, kinds, concurrency, status)

@@ -311,7 +311,7 @@ def test_outcomes_and_the_next_claim_are_written_in_one_call(dsn, conn):
     # Worker 1 lost `reclaimed` meanwhile: its late outcome must be ignored.
     conn.execute("UPDATE angela_queue.tasks SET worker_id = 2 WHERE id = %s", (reclaimed,))
     low, high = add(conn, priority=2), add(conn, priority=9)
-    kept, claimed = record_and_claim(
+    kept, claimed, _ = record_and_claim(
         dsn,
         [
             Outcome(done, 1, True, result={"ok": 1}),
@@ -351,7 +351,7 @@ def test_outcomes_are_not_written_when_the_claim_beside_them_fails(dsn, conn):
         "SELECT status FROM angela_queue.tasks WHERE id = %s", (running,)
     ).fetchone() == ("running",)
     conn.execute("DROP TRIGGER refuse_claims ON angela_queue.tasks")
-    kept, claimed = record_and_claim(dsn, [Outcome(running, 1, True)], limit=5)
+    kept, claimed, _ = record_and_claim(dsn, [Outcome(running, 1, True)], limit=5)
     assert kept == {running} and len(claimed) == 1
 
 
@@ -374,9 +374,9 @@ def test_a_claim_alone_commits_asynchronously_and_outcomes_never_do(dsn, conn):
         WHEN (OLD.status = 'pending' AND NEW.status = 'running')
         EXECUTE FUNCTION public.note_commit_mode()""")
     add(conn)
-    _, (first,) = record_and_claim(dsn, [], limit=5)
+    _, (first,), _ = record_and_claim(dsn, [], limit=5)
     add(conn)
-    kept, (_,) = record_and_claim(dsn, [Outcome(first.id, first.attempts, True)], limit=5)
+    kept, (_,), _ = record_and_claim(dsn, [Outcome(first.id, first.attempts, True)], limit=5)
     assert kept == {first.id}
     modes = [r[0] for r in conn.execute("SELECT sync FROM public.claim_commits").fetchall()]
     assert modes == ["off", "on"]
@@ -397,7 +397,7 @@ def test_outcomes_beyond_one_statement_s_worth_are_all_recorded(dsn, conn):
         else Outcome(t.id, t.attempts, False, error="x", retry_in_s=None)
         for k, t in enumerate(tasks)
     ]
-    kept, claimed = record_and_claim(dsn, outcomes, limit=5)
+    kept, claimed, _ = record_and_claim(dsn, outcomes, limit=5)
     assert kept == {t.id for t in tasks} and claimed == []
     counts = dict(
         conn.execute("SELECT status, count(*) FROM angela_queue.tasks GROUP BY 1").fetchall()
