@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
 
 from angela_queue import errors
 from angela_queue.push import channel, parse_push
@@ -301,3 +302,16 @@ def test_offering_on_a_deleted_queue_names_it(dsn, conn):
     with pytest.raises(psycopg.Error) as fk:
         conn.execute("INSERT INTO angela_queue.queue_waiters VALUES ('other', true)")
     assert translate(fk.value).queue == "other"  # type: ignore[attr-defined]
+
+
+def test_a_producer_role_fills_an_offer_it_cannot_read(dsn, conn):
+    """The fill runs as the schema's owner: a least-privilege producer's insert pushes."""
+    me = add_worker(conn)
+    producer_dsn = make_conninfo(dsn, options="-c role=angela_queue_producer")
+    with listener(dsn, me) as ears, psycopg.connect(producer_dsn, autocommit=True) as producer:
+        assert offer(conn, me) == "offered"
+        with pytest.raises(pg_errors.InsufficientPrivilege):
+            producer.execute("SELECT * FROM angela_queue.worker_offers")
+        producer.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('a.b')")
+        (note,) = pushes(ears)
+    assert task(conn, parse_push(note, me).task_id)[:2] == ("running", me)

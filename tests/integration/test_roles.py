@@ -160,6 +160,9 @@ MATRIX = [
     (PRODUCER, "UPDATE angela_queue.claim_floors SET floor = 'infinity'", False),
     (PRODUCER, "SELECT angela_queue.claim_floor_raise('default', '{a.b}')", False),
     (PRODUCER, "SELECT angela_queue.claim_floor_lower('default', 'a.b', 0)", False),
+    (PRODUCER, "SELECT angela_queue.queue_offer(1, 1, '{default}', '{a.b}')", False),
+    (PRODUCER, "SELECT * FROM angela_queue.worker_offers", False),
+    (PRODUCER, "DELETE FROM angela_queue.worker_offers", False),
     # A worker claims, completes, reaps, prunes and registers; it never reconfigures or
     # reshapes the queue.
     (WORKER, f"UPDATE angela_queue.tasks SET status = 'running', attempts = attempts + 1"
@@ -185,6 +188,8 @@ MATRIX = [
     (WORKER, "UPDATE angela_queue.claim_floors SET floor = 'infinity'", False),
     (WORKER, "INSERT INTO angela_queue.claim_floors VALUES ('default', 'a.b', 'infinity')", False),
     (WORKER, "SELECT angela_queue.claim_floor_lower('default', 'a.b', 0)", False),
+    (WORKER, "SELECT angela_queue.queue_offer(1, 1, '{default}', '{a.b}')", True),
+    (WORKER, "DELETE FROM angela_queue.worker_offers WHERE worker_id = 1", True),
     (WORKER, f"UPDATE angela_queue.tasks SET sort_key = sort_key - 1 WHERE id = {TASK}",
      True),  # the floor trigger writes as its owner
     # A monitor reads the views, and nothing else.
@@ -201,6 +206,7 @@ MATRIX = [
      " '{default}')", False),
     (MONITOR, "CREATE VIEW angela_queue.mine AS SELECT 1", False),
     (MONITOR, "SELECT * FROM angela_queue.claim_floors", False),
+    (MONITOR, "SELECT * FROM angela_queue.worker_offers", False),
 ]  # fmt: skip
 
 
