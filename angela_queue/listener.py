@@ -47,10 +47,13 @@ async def listen(
         try:
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                 store = AsyncTaskStore(conn)
-                await store.queue_listen()
                 if push is not None and await _hold_lock(store, push.worker_id):
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(own or "")))
+                    # One statement for both channels: the session shows as "LISTEN
+                    # angela_queue; …" in pg_stat_activity, whatever it listens to.
+                    await store.queue_listen(sql.SQL("LISTEN {}").format(sql.Identifier(own or "")))
                     push.ready(True)
+                else:
+                    await store.queue_listen()
                 backoff = 0.1
                 wake()
                 async for note in conn.notifies():

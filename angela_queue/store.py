@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -419,9 +420,11 @@ class AsyncTaskStore:
         with translate_errors(queue):
             await self.conn.execute(Q["queue_arm"], {"queue": queue})
 
-    async def queue_listen(self) -> None:
-        """Subscribe this connection to the wake-up channel (NOTIFY_CHANNEL)."""
-        await self.conn.execute(Q["queue_listen"])
+    async def queue_listen(self, also: sql.Composable | None = None) -> None:
+        """Subscribe this connection to the wake-up channel (NOTIFY_CHANNEL), and run
+        ``also`` (another LISTEN) in the same round trip."""
+        parts = [sql.SQL(Q["queue_listen"]), *([also] if also is not None else [])]
+        await self.conn.execute(sql.SQL("; ").join(parts))
 
     async def queue_offer(
         self, worker_id: int, offer_id: int, queues: Sequence[str], kinds: Sequence[str]

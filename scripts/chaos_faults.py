@@ -246,15 +246,18 @@ def _cut(db: Db, sustain_s: float) -> tuple[float, tuple[Any, Any]]:
     the time from the last kill to a new LISTEN, and the outage on the database clock."""
     cut_at = db.one("SELECT clock_timestamp()")
     until = time.monotonic() + sustain_s
+    give_up = until + 30  # no LISTEN backend to kill at all: report it, never hang
     killed: set[int] = set()
     while True:
         for (pid,) in db.rows(LISTENER_SQL, (LISTEN_PATTERN,)):
             if pid not in killed:
                 db.one("SELECT pg_terminate_backend(%s)", (pid,))
                 killed.add(pid)
-        if killed and time.monotonic() >= until:
+        if (killed and time.monotonic() >= until) or time.monotonic() > give_up:
             break
         time.sleep(0.005)
+    if not killed:
+        return float("inf"), (cut_at, db.one("SELECT clock_timestamp()"))
     last = time.monotonic()
 
     def relistened() -> bool:

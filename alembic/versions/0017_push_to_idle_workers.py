@@ -117,6 +117,7 @@ DECLARE
     o record;
     t record;
     body text;
+    stamp timestamptz;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RETURN NULL;
@@ -134,6 +135,9 @@ BEGIN
             DELETE FROM angela_queue.worker_offers WHERE worker_id = o.worker_id;
             CONTINUE;
         END IF;
+        -- Started at the commit, not at the producer's now() (its transaction's start,
+        -- which would make every pushed task's wait zero, however long it waited).
+        stamp := clock_timestamp();
         WITH candidates AS (
             SELECT c.id, q.aging_rate * angela_queue.epoch_minutes(now()) - c.sort_key
                        AS effective_priority
@@ -157,8 +161,8 @@ BEGIN
            SET status = 'running',
                attempts = x.attempts + 1,
                worker_id = o.worker_id,
-               started_at = now(),
-               first_started_at = coalesce(x.first_started_at, now())
+               started_at = stamp,
+               first_started_at = coalesce(x.first_started_at, stamp)
           FROM candidates c
          WHERE x.id = ANY(ARRAY(SELECT id FROM candidates)) AND x.id = c.id  -- see task_claim
         RETURNING x.id, x.queue, x.kind, x.payload, x.priority, x.boost, x.tier, x.attempts,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -135,6 +136,24 @@ def test_the_best_task_of_the_transaction_is_pushed_not_the_first(dsn, conn):
     assert parse_push(note, me).task_id == high
     assert task(conn, high)[:2] == ("running", me)
     assert task(conn, low)[0] == "pending"
+
+
+def test_a_pushed_task_starts_at_the_commit_not_at_its_transactions_start(dsn, conn):
+    """now() in the producer's transaction is its start: the push dates the start with the
+    commit's clock, so a task's wait (and the SLO views) count the time it was invisible."""
+    me = add_worker(conn)
+    with listener(dsn, me) as ears, psycopg.connect(dsn) as producer:
+        assert offer(conn, me) == "offered"
+        tid = insert(producer)
+        time.sleep(0.3)
+        producer.commit()
+        assert len(pushes(ears)) == 1
+    row = conn.execute(
+        "SELECT extract(epoch FROM started_at - enqueued_at), started_at = first_started_at"
+        " FROM angela_queue.tasks WHERE id = %s",
+        (tid,),
+    ).fetchone()
+    assert row is not None and float(row[0]) >= 0.3 and row[1] is True
 
 
 def test_a_waiting_task_makes_the_worker_claim_instead_of_offering(dsn, conn):
