@@ -65,6 +65,7 @@ log = logging.getLogger("angela_queue.worker")
 TASK_THREAD_PREFIX = "angela-queue-task"
 EXPIRY_SWEEP_S = 0.1
 BUSY_PENDING = 20
+DUE_MISSES_MAX = 2  # see Worker._due_misses
 NORMAL_PENDING = 5
 
 
@@ -100,6 +101,9 @@ class Worker:
         self._offers: Offers | None = Offers() if self.listen and s.push else None
         self._push_ready = False  # the listener holds its lock and hears pushes
         self._adopt = False  # a push may have been lost: adopt unknown running tasks
+        # queue_offer said 'due' and the claim that followed found nothing (a due task
+        # another transaction holds locked): offer again only after a claim or a NOTIFY.
+        self._due_misses = 0
         self._runner: TaskRunner | None = None
         self.kinds = app.registry.kinds()
         self.worker_id: int | None = None
@@ -295,6 +299,7 @@ class Worker:
                 slot_back = offers is not None and withdraw and offers.withdrawn(recorded.offer)
                 claimed = recorded.claimed
                 if claimed:
+                    self._due_misses = 0
                     self._start_all(runner, claimed)
                     # The handlers just started take their first step before this loop sends
                     # its next query: an idle worker's wake-up starts the task, then re-arms.
@@ -359,17 +364,26 @@ class Worker:
         the worker should claim instead of sleeping."""
         offers = self._offers
         free = self.concurrency - len(self._running) - self._reserved()
-        if offers is not None and self._push_ready and offers.standing is None and free > 0:
+        if (
+            offers is not None
+            and self._push_ready
+            and offers.standing is None
+            and free > 0
+            and self._due_misses < DUE_MISSES_MAX
+        ):
             offer_id = offers.next_offer_id()
             state = await store.queue_offer(self.worker_id or 0, offer_id, self.queues, self.kinds)
             if state == "offered":
                 offers.offered(offer_id)
                 self._armed = True
+                self._due_misses = 0
                 return True
             if state == "due":
                 self._armed = True  # queue_offer armed every queue before it looked
+                self._due_misses += 1
                 return False
-            # 'busy': a producer held one of several queues' locks; arm one at a time.
+            # 'busy' (a producer held one of several queues' locks) or 'stopping': arm one
+            # queue at a time, as without push.
         if self.listen and not self._armed:
             # Ask producers for a NOTIFY, then claim once more (what was inserted before the
             # flags were set did not notify; migration 0012).
@@ -532,6 +546,7 @@ class Worker:
         """A NOTIFY came (its producer cleared the queue's flag), or the listener
         reconnected (notifications may have been missed): re-arm before sleeping again."""
         self._armed = False
+        self._due_misses = 0
         self._wake.set()
         self._batch_wake.set()
 

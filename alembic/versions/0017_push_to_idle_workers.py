@@ -59,8 +59,8 @@ COMMENT ON TABLE angela_queue.worker_offers IS
 -- due, leave an offer. The first queue's lock is waited for, the others only tried: a
 -- producer holds the shared locks of several queues in the order of its statements, and a
 -- worker waiting for a second lock while holding the first could deadlock with it.
--- Returns 'offered', 'due' (claim instead) or 'busy' (a lock was taken: arm one queue at a
--- time and claim, as without push).
+-- Returns 'offered'; 'due' (claim instead); 'busy' (a lock was taken: arm one queue at a
+-- time and claim, as without push) or 'stopping' (the worker is dead or asked to stop).
 CREATE FUNCTION angela_queue.queue_offer(p_worker_id bigint, p_offer_id bigint,
                                          p_queues text[], p_kinds text[])
 RETURNS text
@@ -82,6 +82,10 @@ BEGIN
         INSERT INTO angela_queue.queue_waiters (queue, waiting) VALUES (q, true)
         ON CONFLICT (queue) DO UPDATE SET waiting = true WHERE NOT queue_waiters.waiting;
     END LOOP;
+    IF NOT EXISTS (SELECT FROM angela_queue.workers w WHERE w.id = p_worker_id
+                      AND w.status <> 'dead' AND NOT w.stop_requested) THEN
+        RETURN 'stopping';  -- no producer would fill it
+    END IF;
     -- Every producer of these queues has committed: what it inserted is visible here.
     IF EXISTS (
         SELECT FROM angela_queue.queues qq

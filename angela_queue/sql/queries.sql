@@ -22,7 +22,8 @@ SELECT angela_queue.queue_arm(%(queue)s);
 
 -- name: queue_offer
 -- A worker about to sleep: arm its queues and leave an offer of one slot, which the next
--- producer's commit fills (migration 0017). 'offered', 'due' (claim instead) or 'busy'.
+-- producer's commit fills (migration 0017): 'offered', 'due' (claim instead), 'busy' or
+-- 'stopping' (arm and claim, as without push).
 SELECT angela_queue.queue_offer(%(worker_id)s, %(offer_id)s, %(queues)s::text[],
                                 %(kinds)s::text[]) AS state;
 

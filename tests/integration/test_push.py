@@ -172,6 +172,15 @@ def test_a_waiting_task_makes_the_worker_claim_instead_of_offering(dsn, conn):
     assert offer(conn, me) == "offered"
 
 
+def test_a_dead_worker_or_one_asked_to_stop_makes_no_offer(dsn, conn):
+    me = add_worker(conn)
+    conn.execute("UPDATE angela_queue.workers SET stop_requested = true WHERE id = %s", (me,))
+    assert offer(conn, me) == "stopping"
+    conn.execute("UPDATE angela_queue.workers SET status = 'dead' WHERE id = %s", (me,))
+    assert offer(conn, me) == "stopping"
+    assert offers(conn) == []
+
+
 def test_no_push_to_a_worker_whose_listener_is_gone(dsn, conn):
     me = add_worker(conn)
     with listener(dsn, me, lock=False) as ears:

@@ -169,6 +169,48 @@ def test_a_lost_push_is_adopted_and_runs_once(dsn, monkeypatch, concurrency):
         assert row.fetchall() == [("succeeded", worker.worker_id, 1)]
 
 
+def test_a_due_task_held_locked_elsewhere_does_not_make_the_worker_spin(dsn, monkeypatch):
+    """queue_offer sees a due task that the claim skips (locked by another transaction):
+    the worker tries twice, then sleeps armed until a NOTIFY or its poll."""
+    app = App(Settings(dsn=dsn))
+    ran: list[int] = []
+
+    @app.task("wake.probe")
+    async def probe(task: Task) -> None:
+        ran.append(task.id)
+
+    calls: list[str] = []
+    offer = AsyncTaskStore.queue_offer
+
+    async def counted(self: AsyncTaskStore, *args: Any) -> str:
+        calls.append(state := await offer(self, *args))
+        return state
+
+    monkeypatch.setattr(AsyncTaskStore, "queue_offer", counted)
+
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as holder:
+            await holder.execute(
+                "INSERT INTO angela_queue.tasks (kind) VALUES ('wake.probe') RETURNING id"
+            )
+            await holder.commit()
+            await holder.execute("SELECT id FROM angela_queue.tasks FOR UPDATE")  # held
+            worker = Worker(app, concurrency=2, listen=True)
+            running = asyncio.create_task(worker.run())
+            try:
+                await _until(lambda: bool(calls), running)
+                await asyncio.sleep(1.5)
+                assert calls.count("due") <= 2 * 2, calls  # at most twice per poll (1 s)
+                await holder.rollback()  # the lock goes; the next poll claims the task
+                await _until(lambda: bool(ran), running)
+            finally:
+                worker.request_stop("test over")
+                await asyncio.wait_for(running, 30)
+
+    asyncio.run(scenario())
+    assert len(ran) == 1
+
+
 def test_a_task_too_large_to_push_whole_is_read_and_run(dsn):
     """A row over NOTIFY's 8,000 bytes is pushed by id: the worker reads it and runs it."""
     app = App(Settings(dsn=dsn))
