@@ -5,13 +5,16 @@ a claim."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from angela_queue import App, Settings, Task
+from angela_queue.push import Offers
 from angela_queue.store import AsyncTaskStore
 from angela_queue.worker import Worker
 
@@ -35,23 +38,13 @@ def test_a_woken_worker_starts_the_task_before_it_sends_its_next_query(dsn, monk
     monkeypatch.setattr(AsyncTaskStore, "queue_arm", recorded_arm)
 
     async def scenario() -> None:
-        worker = Worker(app, concurrency=4, listen=True)
-        running = asyncio.create_task(worker.run())
-        try:
+        async with _worker(app, 4) as (worker, running):
             for n in range(3):
                 await _until(lambda: worker._armed and not worker._running, running)
                 await asyncio.sleep(0.2)  # idle, armed, asleep
                 events.append(f"insert {n}")
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                    await conn.execute(
-                        "INSERT INTO angela_queue.tasks (kind, payload) VALUES"
-                        " ('wake.probe', jsonb_build_object('n', %s::int))",
-                        (n,),
-                    )
+                await _insert(dsn, "jsonb_build_object('n', %s::int)", n)
                 await _until(lambda n=n: f"start {n}" in events, running)
-        finally:
-            worker.request_stop("test over")
-            await asyncio.wait_for(running, 30)
 
     asyncio.run(scenario())
     for n in range(3):
@@ -80,25 +73,14 @@ def test_an_idle_worker_starts_a_pushed_task_without_claiming_it(dsn, monkeypatc
     monkeypatch.setattr(AsyncTaskStore, "task_record_and_claim", recorded_claim)
 
     async def scenario() -> int:
-        worker = Worker(app, concurrency=2, listen=True)
-        running = asyncio.create_task(worker.run())
-        try:
-            offers = worker._offers
-            assert offers is not None
+        async with _worker(app, 2) as (worker, running):
             for n in range(3):
-                await _until(lambda: offers.standing is not None and not worker._running, running)
+                await _offering(worker, running)
+                await _until(lambda: not worker._running, running)
                 events.append(f"insert {n}")
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                    await conn.execute(
-                        "INSERT INTO angela_queue.tasks (kind, payload) VALUES"
-                        " ('wake.probe', jsonb_build_object('n', %s::int))",
-                        (n,),
-                    )
+                await _insert(dsn, "jsonb_build_object('n', %s::int)", n)
                 await _until(lambda n=n: f"start {n} attempt 1" in events, running)
-            await _until(lambda: offers.standing is not None, running)
-        finally:
-            worker.request_stop("test over")
-            await asyncio.wait_for(running, 30)
+            await _offering(worker, running)
         return worker.worker_id or 0
 
     worker_id = asyncio.run(scenario())
@@ -126,26 +108,18 @@ def _run_one_push(dsn: str, app: App, concurrency: int) -> tuple[Worker, list[st
 
     handler = Collect()
     logging.getLogger("angela_queue").addHandler(handler)
-    worker = Worker(app, concurrency=concurrency, listen=True)
 
-    async def scenario() -> None:
-        running = asyncio.create_task(worker.run())
-        try:
-            offers = worker._offers
-            assert offers is not None
-            await _until(lambda: offers.standing is not None, running)
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                await conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('wake.probe')")
+    async def scenario() -> Worker:
+        async with _worker(app, concurrency) as (worker, running):
+            await _offering(worker, running)
+            await _insert(dsn)
             await _until(lambda: worker._stopping.is_set() or worker.counters.completed, running)
-        finally:
-            worker.request_stop("test over")
-            await asyncio.wait_for(running, 30)
+        return worker
 
     try:
-        asyncio.run(scenario())
+        return asyncio.run(scenario()), lines
     finally:
         logging.getLogger("angela_queue").removeHandler(handler)
-    return worker, lines
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -195,17 +169,12 @@ def test_a_due_task_held_locked_elsewhere_does_not_make_the_worker_spin(dsn, mon
             )
             await holder.commit()
             await holder.execute("SELECT id FROM angela_queue.tasks FOR UPDATE")  # held
-            worker = Worker(app, concurrency=2, listen=True)
-            running = asyncio.create_task(worker.run())
-            try:
+            async with _worker(app, 2) as (_, running):
                 await _until(lambda: bool(calls), running)
                 await asyncio.sleep(1.5)
                 assert calls.count("due") <= 2 * 2, calls  # at most twice per poll (1 s)
                 await holder.rollback()  # the lock goes; the next poll claims the task
                 await _until(lambda: bool(ran), running)
-            finally:
-                worker.request_stop("test over")
-                await asyncio.wait_for(running, 30)
 
     asyncio.run(scenario())
     assert len(ran) == 1
@@ -221,21 +190,10 @@ def test_a_task_too_large_to_push_whole_is_read_and_run(dsn):
         seen.append((task.attempts, len(task.payload.get("text", ""))))
 
     async def scenario() -> None:
-        worker = Worker(app, concurrency=2, listen=True)
-        running = asyncio.create_task(worker.run())
-        try:
-            offers = worker._offers
-            assert offers is not None
-            await _until(lambda: offers.standing is not None, running)
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                await conn.execute(
-                    "INSERT INTO angela_queue.tasks (kind, payload) VALUES"
-                    " ('wake.probe', jsonb_build_object('text', repeat('x', 9000)))"
-                )
+        async with _worker(app, 2) as (worker, running):
+            await _offering(worker, running)
+            await _insert(dsn, "jsonb_build_object('text', repeat('x', 9000))")
             await _until(lambda: bool(seen), running)
-        finally:
-            worker.request_stop("test over")
-            await asyncio.wait_for(running, 30)
 
     asyncio.run(scenario())
     assert seen == [(1, 9000)]
@@ -268,6 +226,34 @@ def test_a_push_that_comes_as_the_worker_stops_is_given_back(dsn, monkeypatch):
         offers = conn.execute("SELECT count(*) FROM angela_queue.worker_offers").fetchone()
     assert rows == [("pending", 0, True)]  # back, its attempt un-counted
     assert offers == (0,)
+
+
+@contextlib.asynccontextmanager
+async def _worker(app: App, concurrency: int) -> AsyncIterator[tuple[Worker, asyncio.Task[None]]]:
+    """A Worker running in this process's loop, stopped (gracefully) on the way out."""
+    worker = Worker(app, concurrency=concurrency, listen=True)
+    running = asyncio.create_task(worker.run())
+    try:
+        yield worker, running
+    finally:
+        worker.request_stop("test over")
+        await asyncio.wait_for(running, 30)
+
+
+async def _insert(dsn: str, payload_sql: str = "'{}'::jsonb", *params: Any) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            f"INSERT INTO angela_queue.tasks (kind, payload) VALUES ('wake.probe', {payload_sql})",
+            params,
+        )
+
+
+async def _offering(worker: Worker, running: asyncio.Task[None]) -> Offers:
+    """Until the worker's offer stands."""
+    offers = worker._offers
+    assert offers is not None
+    await _until(lambda: offers.standing is not None, running)
+    return offers
 
 
 async def _until(predicate: Any, running: asyncio.Task[None], timeout: float = 10.0) -> None:
