@@ -51,11 +51,12 @@ def worker(
         int | None, typer.Option(min=1, max=1000, help="Tasks run at once.")
     ] = None,
     listen: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--listen/--no-listen", help="LISTEN/NOTIFY wake-up; --no-listen for poolers."
+            "--listen/--no-listen",
+            help="LISTEN/NOTIFY wake-up; --no-listen for poolers (default: ANGELA_QUEUE_LISTEN).",
         ),
-    ] = True,
+    ] = None,
     log_level: Annotated[
         str | None,
         typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: ANGELA_QUEUE_LOG_LEVEL)."),

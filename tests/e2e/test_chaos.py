@@ -37,8 +37,10 @@ def test_killing_a_worker_every_second_loses_no_task(dsn, tmp_path):
     assert report.lost == 0 and report.failed == 0, figures
     assert len(report.kills) >= 8, figures
     assert report.latencies, figures
-    # Heartbeat timeout + one reaper interval, plus polling and a loaded two-core machine.
-    assert max(report.latencies) <= HEARTBEAT_TIMEOUT_S + HEARTBEAT_S + 1.5, figures
+    # Heartbeat timeout + one reaper interval, plus polling and a loaded two-core machine:
+    # idle, the max is 1.3 s (also beside two CPU hogs), but CI running another test
+    # process beside this one once stalled the reapers to 2.83 s (session 6).
+    assert max(report.latencies) <= HEARTBEAT_TIMEOUT_S + HEARTBEAT_S + 2.5, figures
     # Duplicates come only from kills: at most the tasks running on the killed workers.
     assert report.extra_runs <= sum(len(k.task_ids) for k in report.kills), figures
     assert report.stale_writes == 0, figures

@@ -273,8 +273,15 @@ def test_handler_can_ask_for_a_retry_after_a_delay(dsn, runs):
     )
 
 
-def test_poll_only_worker_serves_without_listen(dsn, runs):
-    worker = start_worker(dsn, "--no-listen")
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--no-listen",), {}), ((), {"ANGELA_QUEUE_LISTEN": "false"})],
+    ids=["flag", "environment"],
+)
+def test_poll_only_worker_serves_without_listen(dsn, runs, args, env):
+    """--no-listen, or the setting without the flag (the flag used to default to on and
+    override it)."""
+    worker = start_worker(dsn, *args, env=env)
     try:
         wait_for(
             lambda: (
@@ -288,10 +295,15 @@ def test_poll_only_worker_serves_without_listen(dsn, runs):
             "INSERT INTO angela_queue.tasks (kind) SELECT 'test.record' FROM generate_series(1, 30)"
         )
         wait_for(lambda: count(runs, "status = 'succeeded'") == 30, timeout=30)
+        listeners = runs.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+        ).fetchone()
     finally:
         code, output = stop(worker)
     assert code == 0, output
-    assert "LISTEN" not in output and "listener" not in output
+    assert "listen False" in output and "listener" not in output
+    assert listeners == (0,)
 
 
 def test_a_stream_of_critical_work_cannot_starve_an_old_low_task(dsn, runs):
