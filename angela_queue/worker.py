@@ -289,7 +289,7 @@ class Worker:
                     await self._adopt_unknown(store, runner)
                 elif self._reconnected:
                     await self._release_unknown(store)
-                free = self.concurrency - len(self._running) - self._reserved()
+                free = self._free_slots()
                 # A notification came while an offer stands: its slot may be needed for work
                 # no push brings (a retry, a reclaim, a promotion), so the claim withdraws it.
                 withdraw = offers is not None and offers.standing is not None and not self._armed
@@ -328,7 +328,7 @@ class Worker:
                         self.settings.poll_idle_s,
                     )
                 )
-                if not woken and self.concurrency - len(self._running) - self._reserved() <= 0:
+                if not woken and self._free_slots() <= 0:
                     # The poll, with no slot to claim into but the offer's: promote what fell
                     # due, as a claim would; its NOTIFY then brings the claim.
                     await store.task_promote_due()
@@ -356,14 +356,16 @@ class Worker:
                 self._armed = False  # a restarted server has lost the (unlogged) flags
         return conn
 
-    def _reserved(self) -> int:
-        return self._offers.reserved() if self._offers is not None else 0
+    def _free_slots(self) -> int:
+        """Slots neither running a task nor held for a push (may be negative)."""
+        reserved = self._offers.reserved() if self._offers is not None else 0
+        return self.concurrency - len(self._running) - reserved
 
     async def _offer_or_arm(self, store: AsyncTaskStore) -> bool:
         """About to sleep: leave an offer (push), or ask producers for a NOTIFY. False when
         the worker should claim instead of sleeping."""
         offers = self._offers
-        free = self.concurrency - len(self._running) - self._reserved()
+        free = self._free_slots()
         if (
             offers is not None
             and self._push_ready
