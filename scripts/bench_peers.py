@@ -11,7 +11,10 @@ processes started with its own CLI (see the scripts/bench_worker_*.py modules):
 - ``procrastinate``     ``schema_manager.apply_schema``, ``batch_defer_async`` /
                         ``defer_async``, ``procrastinate worker``;
 - ``sql``               the plain-SQL reference: COPY / INSERT into a bare table with a
-                        NOTIFY trigger, and scripts/bench_worker_sql.py's DELETE loop.
+                        NOTIFY trigger, and scripts/bench_worker_sql.py's DELETE loop;
+- ``sql-history``       the same, for a table that keeps every task's row: COPY / INSERT
+                        with a status and partial indexes, and the loop that marks rows
+                        ``running`` then ``succeeded`` (the least a history costs).
 
 The peers are optional (``pip install -e '.[bench]'``): a system whose packages are not
 installed reports why in ``missing()`` and the benchmark skips it with that note.
@@ -429,26 +432,46 @@ END $$;
 CREATE TRIGGER bench_ref_notify AFTER INSERT ON bench_ref
     FOR EACH STATEMENT EXECUTE FUNCTION bench_ref_notify();
 """
+# The history-keeping reference: the columns a queue needs to tell pending, running and
+# finished tasks apart and to reclaim a dead worker's, and the three partial indexes that
+# serve the claim, the reclaim and the retention of finished rows (as angela-queue's do).
+SQL_HISTORY_SCHEMA = """
+CREATE TABLE bench_hist (
+    id bigserial PRIMARY KEY,
+    payload jsonb NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    attempts smallint NOT NULL DEFAULT 0,
+    worker bigint,
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz
+);
+CREATE INDEX bench_hist_pending_idx ON bench_hist (id) WHERE status = 'pending';
+CREATE INDEX bench_hist_running_idx ON bench_hist (worker) WHERE status = 'running';
+CREATE INDEX bench_hist_finished_idx ON bench_hist (finished_at) WHERE finished_at IS NOT NULL;
+CREATE FUNCTION bench_hist_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_hist', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_hist_notify AFTER INSERT ON bench_hist
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_hist_notify();
+"""
 
 
 class _SqlProducer(Producer):
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, table: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
+        self.copy_sql = f"COPY {table} (payload) FROM STDIN"
+        self.insert_sql = f"INSERT INTO {table} (payload) VALUES (%s)"
 
     def bulk(self, start: int, count: int) -> None:
-        with (
-            self.conn.transaction(),
-            self.conn.cursor().copy("COPY bench_ref (payload) FROM STDIN") as copy,
-        ):
+        with self.conn.transaction(), self.conn.cursor().copy(self.copy_sql) as copy:
             for i in range(start, start + count):
                 copy.write_row((Jsonb({"n": i}),))
 
     def one(self, n: int, sent: float) -> None:
-        self.conn.execute(
-            "INSERT INTO bench_ref (payload) VALUES (%s)",
-            (Jsonb({"n": n, "sent": sent}),),
-            prepare=True,
-        )
+        self.conn.execute(self.insert_sql, (Jsonb({"n": n, "sent": sent}),), prepare=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -475,12 +498,16 @@ class PlainSql(System):
             conn.execute(SQL_SCHEMA)
 
     def producer(self, dsn: str, timeout_s: float) -> Producer:
-        return _SqlProducer(dsn)
+        return _SqlProducer(dsn, "bench_ref")
 
     def worker(self, dsn: str, tuning: Tuning) -> WorkerSpec:
         return WorkerSpec(
             [sys.executable, "-m", "scripts.bench_worker_sql"],
-            {"BENCH_DSN": dsn, "BENCH_SQL_BATCH": str(tuning.sql_batch)},
+            {
+                "BENCH_DSN": dsn,
+                "BENCH_SQL_BATCH": str(tuning.sql_batch),
+                "BENCH_SQL_MODE": "delete",
+            },
         )
 
     @property
@@ -497,12 +524,59 @@ class PlainSql(System):
         return False
 
 
+class PlainSqlHistory(System):
+    key = "sql-history"
+    label = "plain SQL, with history"
+    packages = ("psycopg",)
+
+    def settings(self, tuning: Tuning) -> str:
+        return (
+            "scripts/bench_worker_sql.py (history): 1 process, 1 psycopg connection; one "
+            f"statement marks the last batch succeeded and claims up to {tuning.sql_batch} "
+            "rows as running (FOR UPDATE SKIP LOCKED), LISTEN + 1 s poll when empty; "
+            "COPY / INSERT into a table with a status, 3 partial indexes and a "
+            "statement-level NOTIFY trigger"
+        )
+
+    def drain_processes(self, tuning: Tuning) -> int:
+        return 1  # like the plain-SQL loop: one loop on one connection
+
+    def setup(self, dsn: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SQL_HISTORY_SCHEMA)
+
+    def producer(self, dsn: str, timeout_s: float) -> Producer:
+        return _SqlProducer(dsn, "bench_hist")
+
+    def worker(self, dsn: str, tuning: Tuning) -> WorkerSpec:
+        return WorkerSpec(
+            [sys.executable, "-m", "scripts.bench_worker_sql"],
+            {
+                "BENCH_DSN": dsn,
+                "BENCH_SQL_BATCH": str(tuning.sql_batch),
+                "BENCH_SQL_MODE": "history",
+            },
+        )
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return ("bench_hist",)
+
+    def live_sql(self) -> str:
+        return """SELECT EXISTS (SELECT 1 FROM bench_hist WHERE status = 'pending')
+                      OR EXISTS (SELECT 1 FROM bench_hist WHERE status = 'running')"""
+
+    def done_sql(self) -> str:
+        return "SELECT count(*) FROM bench_hist WHERE status = 'succeeded'"
+
+
 ALL_SYSTEMS: tuple[System, ...] = (
     AngelaQueue(),
     PgQueuer("asyncpg"),
     PgQueuer("psycopg"),
     Procrastinate(),
     PlainSql(),
+    PlainSqlHistory(),
 )
 SYSTEM_KEYS = tuple(s.key for s in ALL_SYSTEMS)
 REFERENCE_KEY = "angela-queue"
