@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from scripts.chaos_app import TX
 from scripts.chaos_faults import run_reapers, run_zombie
 from scripts.chaos_kill import run_kill
 
@@ -30,8 +31,12 @@ def _kill(dsn, tmp_path, *, tasks, tx_share, seed):
     )
 
 
-def test_killing_a_worker_every_second_loses_no_task(dsn, tmp_path):
-    report = _kill(dsn, tmp_path, tasks=500, tx_share=0.0, seed=5)
+def test_killing_a_worker_every_second_loses_no_task_and_no_effect_runs_twice(dsn, conn, tmp_path):
+    """Workers are SIGKILLed mid-task every second. Half the tasks write one row on
+    task.conn inside their completion transaction: runs are duplicated, effects never are.
+    (One run for both promises: the scenario costs ~25 s, and `chaos.py --quick` in CI
+    runs it again on another server.)"""
+    report = _kill(dsn, tmp_path, tasks=500, tx_share=0.5, seed=5)
     figures = "\n".join(report.lines())
     assert report.ok, figures
     assert report.lost == 0 and report.failed == 0, figures
@@ -44,20 +49,17 @@ def test_killing_a_worker_every_second_loses_no_task(dsn, tmp_path):
     # Duplicates come only from kills: at most the tasks running on the killed workers.
     assert report.extra_runs <= sum(len(k.task_ids) for k in report.kills), figures
     assert report.stale_writes == 0, figures
-
-
-def test_transactional_effects_happen_exactly_once_under_sigkill(dsn, tmp_path):
-    """Every task writes one row on task.conn inside its completion transaction; workers
-    are SIGKILLed mid-task every second. Runs are duplicated, effects never are."""
-    report = _kill(dsn, tmp_path, tasks=400, tx_share=1.0, seed=11)
-    figures = "\n".join(report.lines())
-    assert report.tx_tasks == 400, figures
-    assert report.lost == 0 and report.failed == 0, figures
+    assert 150 <= report.tx_tasks <= 350, figures
     assert report.duplicate_effects == 0 and report.missing_effects == 0, figures
-    # The kills did cut handlers short after their start was recorded: without the
-    # transaction those runs would have left effects behind.
-    assert report.duplicates > 0, figures
-    assert report.stale_writes == 0, figures
+    # The kills did cut transactional handlers short after their start was recorded:
+    # without the transaction those runs would have left effects behind.
+    (tx_reruns,) = conn.execute(
+        "SELECT count(*) FROM (SELECT r.task_id FROM chaos_runs r"
+        "  JOIN angela_queue.tasks t ON t.id = r.task_id AND t.kind = %s"
+        " GROUP BY r.task_id HAVING count(*) > 1) d",
+        (TX,),
+    ).fetchone()
+    assert tx_reruns > 0, figures
 
 
 def test_a_paused_worker_cannot_overwrite_the_rerun(dsn, tmp_path):

@@ -263,21 +263,32 @@ def test_bounded_queue_cli_requeue_retry_cancel(dsn):
     result = cli("queue", "set", "small", "--max-size", "10", "--drop-below", "5", dsn=dsn)
     assert result.returncode == 0, result.stderr
     assert "max_size=10 drop_below=5 overflow_policy=drop_low" in result.stdout
-    ids = [
-        int(cli("enqueue", "a.b", "--queue", "small", "--priority", "3", dsn=dsn).stdout)
-        for _ in range(12)
-    ]
-    full = cli("enqueue", "a.b", "--queue", "small", "--priority", "8", dsn=dsn)
-    assert_one_line_error(full, 'queue "small" is full (max_size 10)')
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
+        # Twelve low tasks, one insert each (a subprocess each would cost ~10 s here): ten
+        # fill the queue, the last two are kept as dropped.
+        ids = []
+        for _ in range(12):
+            inserted = conn.execute(
+                "INSERT INTO angela_queue.tasks (queue, kind, priority)"
+                " VALUES ('small', 'a.b', 3) RETURNING id"
+            ).fetchone()
+            assert inserted is not None
+            ids.append(inserted[0])
+        assert conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'dropped') FROM angela_queue.tasks"
+        ).fetchone() == (2,)
+        full = cli("enqueue", "a.b", "--queue", "small", "--priority", "8", dsn=dsn)
+        assert_one_line_error(full, 'queue "small" is full (max_size 10)')
+        dropped = cli("enqueue", "a.b", "--queue", "small", "--priority", "3", dsn=dsn)
+        assert dropped.returncode == 0, dropped.stderr
         conn.execute(
             "UPDATE angela_queue.tasks SET status = 'failed', finished_at = now() WHERE id = %s",
             (ids[0],),
         )
     requeued = cli("requeue", "--dropped", "--queue", "small", dsn=dsn)
-    assert "small: 1 requeued, 1 still dropped" in requeued.stdout, requeued.stdout
+    assert "small: 1 requeued, 2 still dropped" in requeued.stdout, requeued.stdout
     # The queue is full again, so the failed task stays failed: the bound holds for retries.
     assert "small: 0 retried, 1 still failed (no room)" in cli("retry", "--failed", dsn=dsn).stdout
     cancelled = cli("cancel", str(ids[1]), dsn=dsn)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from angela_queue import embedded
-from tests.e2e.helpers import ROOT, wait_for
+from tests.e2e.helpers import ROOT, start_worker, stop, wait_for, wait_for_live_workers
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +61,26 @@ def running(processes: dict[int, psutil.Process], pgdata: str | None = None) -> 
 
 
 def test_a_quick_run_supervises_batches_and_stops_everything(dsn, conn, tmp_path):
-    proc, out = start_demo(tmp_path, {"ANGELA_QUEUE_DSN": dsn})
-    seen: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + 100
-    while proc.poll() is None and time.monotonic() < deadline:
-        family(proc, seen)
-        time.sleep(0.1)
-    assert proc.wait(timeout=10) == 0, out.read_text()
+    """Also README "Troubleshooting": the demo runs beside a worker of another queue and
+    leaves it alone (one demo run for both claims: a run costs ~12 s)."""
+    bystander = start_worker(dsn)  # the queue 'default'
+    try:
+        wait_for_live_workers(conn)
+        proc, out = start_demo(tmp_path, {"ANGELA_QUEUE_DSN": dsn})
+        seen: dict[int, psutil.Process] = {}
+        deadline = time.monotonic() + 100
+        while proc.poll() is None and time.monotonic() < deadline:
+            family(proc, seen)
+            time.sleep(0.1)
+        assert proc.wait(timeout=10) == 0, out.read_text()
+        assert bystander.poll() is None  # neither stopped nor killed by the demo's supervisor
+        asked = conn.execute(
+            "SELECT stop_requested FROM angela_queue.workers WHERE pid = %s", (bystander.pid,)
+        ).fetchone()
+    finally:
+        code, output = stop(bystander)
+    assert asked == (False,)
+    assert code == 0, output
     text = out.read_text()
     for line in ("the supervisor's decisions", "against the seed plan", "batches: ", "start 4"):
         assert line in text, text
@@ -82,10 +95,16 @@ def test_a_quick_run_supervises_batches_and_stops_everything(dsn, conn, tmp_path
         " FROM angela_queue.tasks WHERE kind = 'memory.consolidate'"
     ).fetchone()
     assert batch_sizes[0] == 5 and batch_sizes[1] < 56, batch_sizes
-    pids = [r[0] for r in conn.execute("SELECT pid FROM angela_queue.workers")]
+    pids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT pid FROM angela_queue.workers WHERE pid <> %s", (bystander.pid,)
+        )
+    ]
     assert len(pids) >= 6 and len(seen) >= 7  # the supervisor and its workers, all seen
     assert conn.execute(
-        "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead'"
+        "SELECT count(*) FROM angela_queue.workers WHERE status <> 'dead' AND pid <> %s",
+        (bystander.pid,),
     ).fetchone() == (0,)
     assert running(seen) == []
 

@@ -157,17 +157,5 @@ def test_the_demo_refuses_a_database_where_workers_of_this_host_serve_its_queue(
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_the_demo_runs_beside_a_worker_of_another_queue_and_leaves_it_alone(dsn, conn):
-    worker = start_worker(dsn)  # the queue 'default'
-    try:
-        wait_for_live_workers(conn)
-        result = cli("demo", "--quick", env={"ANGELA_QUEUE_DSN": dsn})
-        assert worker.poll() is None  # neither stopped nor killed by the demo's supervisor
-        asked = conn.execute(
-            "SELECT stop_requested FROM angela_queue.workers WHERE pid = %s", (worker.pid,)
-        ).fetchone()
-    finally:
-        code, output = stop(worker)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    assert asked == (False,)
-    assert code == 0, output
+# The demo running beside a worker of another queue and leaving it alone is checked by
+# tests/e2e/test_demo.py's quick run (one demo run for both).
