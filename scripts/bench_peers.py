@@ -422,16 +422,24 @@ class Procrastinate(System):
 
 # -- plain SQL ------------------------------------------------------------------------------
 
-SQL_SCHEMA = """
-CREATE TABLE bench_ref (id bigserial PRIMARY KEY, payload jsonb NOT NULL);
-CREATE FUNCTION bench_ref_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+
+def _notify_on_insert(table: str) -> str:
+    """A statement-level trigger that notifies the channel named like the table (a
+    constant of this module, never input)."""
+    return f"""
+CREATE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('bench_ref', '');
+    PERFORM pg_notify('{table}', '');
     RETURN NULL;
 END $$;
-CREATE TRIGGER bench_ref_notify AFTER INSERT ON bench_ref
-    FOR EACH STATEMENT EXECUTE FUNCTION bench_ref_notify();
+CREATE TRIGGER {table}_notify AFTER INSERT ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();
 """
+
+
+SQL_SCHEMA = """
+CREATE TABLE bench_ref (id bigserial PRIMARY KEY, payload jsonb NOT NULL);
+""" + _notify_on_insert("bench_ref")
 # The history-keeping reference: the columns a queue needs to tell pending, running and
 # finished tasks apart and to reclaim a dead worker's, and the three partial indexes that
 # serve the claim, the reclaim and the retention of finished rows (as angela-queue's do).
@@ -449,14 +457,7 @@ CREATE TABLE bench_hist (
 CREATE INDEX bench_hist_pending_idx ON bench_hist (id) WHERE status = 'pending';
 CREATE INDEX bench_hist_running_idx ON bench_hist (worker) WHERE status = 'running';
 CREATE INDEX bench_hist_finished_idx ON bench_hist (finished_at) WHERE finished_at IS NOT NULL;
-CREATE FUNCTION bench_hist_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('bench_hist', '');
-    RETURN NULL;
-END $$;
-CREATE TRIGGER bench_hist_notify AFTER INSERT ON bench_hist
-    FOR EACH STATEMENT EXECUTE FUNCTION bench_hist_notify();
-"""
+""" + _notify_on_insert("bench_hist")
 
 
 class _SqlProducer(Producer):
@@ -481,6 +482,9 @@ class PlainSql(System):
     key = "sql"
     label = "plain SQL"
     packages = ("psycopg",)
+    table = "bench_ref"
+    schema = SQL_SCHEMA
+    mode = "delete"  # scripts/bench_worker_sql.py's loop
 
     def settings(self, tuning: Tuning) -> str:
         return (
@@ -495,10 +499,10 @@ class PlainSql(System):
 
     def setup(self, dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SQL_SCHEMA)
+            conn.execute(self.schema)
 
     def producer(self, dsn: str, timeout_s: float) -> Producer:
-        return _SqlProducer(dsn, "bench_ref")
+        return _SqlProducer(dsn, self.table)
 
     def worker(self, dsn: str, tuning: Tuning) -> WorkerSpec:
         return WorkerSpec(
@@ -506,13 +510,13 @@ class PlainSql(System):
             {
                 "BENCH_DSN": dsn,
                 "BENCH_SQL_BATCH": str(tuning.sql_batch),
-                "BENCH_SQL_MODE": "delete",
+                "BENCH_SQL_MODE": self.mode,
             },
         )
 
     @property
     def tables(self) -> tuple[str, ...]:
-        return ("bench_ref",)
+        return (self.table,)
 
     def live_sql(self) -> str:
         return "SELECT EXISTS (SELECT 1 FROM bench_ref)"
@@ -524,10 +528,14 @@ class PlainSql(System):
         return False
 
 
-class PlainSqlHistory(System):
+class PlainSqlHistory(PlainSql):
+    """The same loop and producer, on a table that keeps every task's row."""
+
     key = "sql-history"
     label = "plain SQL, with history"
-    packages = ("psycopg",)
+    table = "bench_hist"
+    schema = SQL_HISTORY_SCHEMA
+    mode = "history"
 
     def settings(self, tuning: Tuning) -> str:
         return (
@@ -538,36 +546,15 @@ class PlainSqlHistory(System):
             "statement-level NOTIFY trigger"
         )
 
-    def drain_processes(self, tuning: Tuning) -> int:
-        return 1  # like the plain-SQL loop: one loop on one connection
-
-    def setup(self, dsn: str) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SQL_HISTORY_SCHEMA)
-
-    def producer(self, dsn: str, timeout_s: float) -> Producer:
-        return _SqlProducer(dsn, "bench_hist")
-
-    def worker(self, dsn: str, tuning: Tuning) -> WorkerSpec:
-        return WorkerSpec(
-            [sys.executable, "-m", "scripts.bench_worker_sql"],
-            {
-                "BENCH_DSN": dsn,
-                "BENCH_SQL_BATCH": str(tuning.sql_batch),
-                "BENCH_SQL_MODE": "history",
-            },
-        )
-
-    @property
-    def tables(self) -> tuple[str, ...]:
-        return ("bench_hist",)
-
     def live_sql(self) -> str:
         return """SELECT EXISTS (SELECT 1 FROM bench_hist WHERE status = 'pending')
                       OR EXISTS (SELECT 1 FROM bench_hist WHERE status = 'running')"""
 
     def done_sql(self) -> str:
         return "SELECT count(*) FROM bench_hist WHERE status = 'succeeded'"
+
+    def counts_done(self) -> bool:
+        return True
 
 
 ALL_SYSTEMS: tuple[System, ...] = (
