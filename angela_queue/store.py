@@ -98,11 +98,16 @@ def insert_many_params(reqs: Sequence[EnqueueRequest]) -> dict[str, Any]:
 
 
 def complete_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    # One JSON object (one json.dumps) rather than parallel arrays: see task_complete_many.
     return {
         "worker_id": worker_id,
         "ids": [o.task_id for o in outcomes],
-        "attempts": [o.attempts for o in outcomes],
-        "results": [None if o.result is None else Jsonb(o.result) for o in outcomes],
+        "outcomes": Jsonb(
+            {
+                str(o.task_id): [o.attempts] if o.result is None else [o.attempts, o.result]
+                for o in outcomes
+            }
+        ),
     }
 
 
@@ -366,8 +371,8 @@ class AsyncTaskStore:
                     else None
                 )
                 recorded = []
-                # In statements of OUTCOME_CHUNK: each row's lookup in its statement's arrays
-                # costs in proportion to their length (see task_complete_many).
+                # At most OUTCOME_CHUNK outcomes per statement: task_fail_many joins its
+                # arrays with unnest(…), whose cost per row grows with their length.
                 for start in range(0, len(done), OUTCOME_CHUNK):
                     params = complete_params(worker_id, done[start : start + OUTCOME_CHUNK])
                     recorded.append(await self.conn.execute(Q["task_complete_many"], params))

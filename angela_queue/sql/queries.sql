@@ -135,16 +135,18 @@ SELECT * FROM claimed ORDER BY effective_priority DESC, id;
 -- Fenced: only rows still running under this worker and attempt change. A task that was
 -- reclaimed meanwhile is left alone and missing from the result (a late result is a no-op).
 -- Finishing frees a place in a bounded queue: producers waiting for it are notified.
--- Each row finds its own attempts and result by its position in %(ids)s: a join with
--- unnest(…) gets, as a generic plan, a nested loop that unnests the arrays once per row
--- (2 ms for 100 tasks, twice this statement's whole cost).
+-- Each row finds its own attempts and result in %(outcomes)s, a JSON object keyed by task
+-- id ({"<id>": [attempts] or [attempts, result]}), by the object's binary search. A join
+-- with unnest(…) gets, as a generic plan, a nested loop that unnests the arrays once per row
+-- (2 ms for 100 tasks); array_position(…) in parallel arrays walks them once per row
+-- (docs/discussions.md, "Session 7": 15 % of this statement, 35 % with results).
 WITH done AS (
     UPDATE angela_queue.tasks t
        SET status = 'succeeded', finished_at = now(), last_error = NULL,
-           result = (%(results)s::jsonb[])[array_position(%(ids)s::bigint[], t.id)]
+           result = %(outcomes)s::jsonb -> t.id::text -> 1
      WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running'
        AND t.worker_id = %(worker_id)s
-       AND t.attempts = (%(attempts)s::smallint[])[array_position(%(ids)s::bigint[], t.id)]
+       AND t.attempts = (%(outcomes)s::jsonb -> t.id::text ->> 0)::smallint
     RETURNING t.id, t.queue
 ), freed AS (
     SELECT pg_notify('angela_queue_space', q.name)

@@ -403,3 +403,23 @@ def test_outcomes_beyond_one_statement_s_worth_are_all_recorded(dsn, conn):
         conn.execute("SELECT status, count(*) FROM angela_queue.tasks GROUP BY 1").fetchall()
     )
     assert counts == {"succeeded": n - len(range(0, n, 3)), "failed": len(range(0, n, 3))}
+
+
+def test_each_completed_row_gets_its_own_result_and_a_stale_attempt_is_fenced(dsn, conn):
+    """task_complete_many finds each row's attempts and result by its id (one JSON object,
+    in any order); no result is SQL NULL, not JSON null."""
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'a.b' FROM generate_series(1, 6)")
+    tasks = claim(dsn, 6)
+    results: list[Any] = [{"n": 0}, None, [1, "two"], "three", 4.5, None]
+    outcomes = [
+        Outcome(t.id, t.attempts + (1 if k == 5 else 0), True, result=results[k])
+        for k, t in enumerate(tasks)
+    ]
+    kept, _, _ = record_and_claim(dsn, outcomes[::-1], limit=0)
+    assert kept == {t.id for t in tasks[:5]}  # the last one's attempt was not the current one
+    rows = conn.execute(
+        "SELECT status, result, result IS NULL FROM angela_queue.tasks ORDER BY id"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["succeeded"] * 5 + ["running"]
+    assert [r[1] for r in rows[:5]] == results[:5]
+    assert [r[2] for r in rows] == [False, True, False, False, False, True]
