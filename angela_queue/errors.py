@@ -19,6 +19,7 @@ Handler-facing control flow (not errors): ``Retry`` asks for another attempt lat
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -99,6 +100,9 @@ class DatabaseError(AngelaQueueError):
     """The database operation failed."""
 
 
+MAX_RETRY_DELAY_S = 100 * 365.25 * 86400
+
+
 class Retry(Exception):
     """Raised by a handler to ask for another attempt after ``delay_s`` seconds.
 
@@ -106,6 +110,19 @@ class Retry(Exception):
     """
 
     def __init__(self, delay_s: float | None = None, reason: str = "retry requested") -> None:
+        if delay_s is not None and not (
+            isinstance(delay_s, int | float)
+            and not isinstance(delay_s, bool)
+            and math.isfinite(delay_s)
+            and delay_s <= MAX_RETRY_DELAY_S
+        ):
+            # Raised in the handler, so the attempt fails with this message (and backs
+            # off): an infinite or absurd delay would otherwise reach the database's clock
+            # arithmetic and fail the whole flush of outcomes it was written with.
+            raise ValueError(
+                f"Retry delay_s must be a number of seconds up to {MAX_RETRY_DELAY_S:.0f}"
+                f" (100 years), not {delay_s!r}"
+            )
         self.delay_s = delay_s
         self.reason = reason
         super().__init__(reason)

@@ -256,14 +256,24 @@ def test_shutdown_past_the_grace_period_releases_the_task_and_exits_zero(dsn, ru
 def test_handler_can_ask_for_a_retry_after_a_delay(dsn, runs):
     app = App(Settings(dsn=dsn))
     task_id = app.enqueue("test.retry_later", {"delay_s": 1.5})
+    # A delay past 100 years fails its attempt in the handler (ValueError), which then
+    # backs off like any failure; the outcomes flushed beside it are written.
+    absurd_id = app.enqueue("test.retry_later", {"delay_s": 1e300})
     app.close()
-    worker = start_worker(dsn)
+    worker = start_worker(dsn, env={"ANGELA_QUEUE_RETRY_BASE_S": "0.2"})
     try:
-        wait_for(lambda: count(runs, "status = 'succeeded'") == 1, timeout=30)
+        wait_for(lambda: count(runs, "status = 'succeeded'") == 2, timeout=30)
     finally:
         code, output = stop(worker)
     assert code == 0, output
-    first, second = [t for (t,) in runs.execute("SELECT at FROM test_runs ORDER BY at")]
+    assert f"task {absurd_id} (test.retry_later) attempt 1/" in output, output
+    assert "ValueError: Retry delay_s must be a number of seconds up to" in output, output
+    first, second = [
+        t
+        for (t,) in runs.execute(
+            "SELECT at FROM test_runs WHERE task_id = %s ORDER BY at", (task_id,)
+        )
+    ]
     assert (second - first).total_seconds() >= 1.5
     assert (
         runs.execute(

@@ -130,3 +130,18 @@ def test_tolerant_loads_gives_json_errors_and_an_undecodable_for_deep_nesting():
     assert tolerant_loads(b"123456789012345678901234567890") == 123456789012345678901234567890
     deep = tolerant_loads(b"[" * 100_000 + b"]" * 100_000)
     assert isinstance(deep, UndecodablePayload) and deep == {}
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), 1e300, "5", True])
+def test_a_retry_delay_that_is_not_a_sane_number_of_seconds_is_refused_in_the_handler(delay):
+    """Raised where the handler raises Retry, so that attempt fails with this message; the
+    delay never reaches the database, where it would fail the whole flush of outcomes."""
+    with pytest.raises(ValueError, match="Retry delay_s must be a number of seconds up to"):
+        errors.Retry(delay_s=delay)
+
+
+def test_sane_retry_delays_are_kept():
+    assert errors.Retry(delay_s=0).delay_s == 0
+    assert errors.Retry(delay_s=2.5).delay_s == 2.5
+    assert errors.Retry(delay_s=errors.MAX_RETRY_DELAY_S).delay_s == errors.MAX_RETRY_DELAY_S
+    assert errors.Retry().delay_s is None
