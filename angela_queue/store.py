@@ -115,10 +115,16 @@ def fail_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
     return {
         "worker_id": worker_id,
         "ids": [o.task_id for o in outcomes],
-        "attempts": [o.attempts for o in outcomes],
-        "errors": [o.error for o in outcomes],
-        # float() each: psycopg refuses a list mixing ints and floats.
-        "retry_in_s": [None if o.retry_in_s is None else float(o.retry_in_s) for o in outcomes],
+        "outcomes": Jsonb(
+            {
+                str(o.task_id): [
+                    o.attempts,
+                    o.error,
+                    None if o.retry_in_s is None else float(o.retry_in_s),
+                ]
+                for o in outcomes
+            }
+        ),
     }
 
 
@@ -371,8 +377,7 @@ class AsyncTaskStore:
                     else None
                 )
                 recorded = []
-                # At most OUTCOME_CHUNK outcomes per statement: task_fail_many joins its
-                # arrays with unnest(…), whose cost per row grows with their length.
+                # At most OUTCOME_CHUNK outcomes per statement: bounded parameters.
                 for start in range(0, len(done), OUTCOME_CHUNK):
                     params = complete_params(worker_id, done[start : start + OUTCOME_CHUNK])
                     recorded.append(await self.conn.execute(Q["task_complete_many"], params))

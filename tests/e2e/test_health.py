@@ -192,7 +192,7 @@ def test_cpu_bound_handlers_do_not_stop_the_heartbeat(dsn, runs):
         outputs = [stop(busy), stop(watcher)]
     assert all(code == 0 for code, _ in outputs), outputs
     # Measured 0.4-0.6 s (interval 0.2 s plus GIL hand-overs); the reaper acts at 1.5 s.
-    assert max(ages) < HEARTBEAT_TIMEOUT_S - HEARTBEAT_S, max(ages)
+    assert max(ages) < HEARTBEAT_TIMEOUT_S - HEARTBEAT_S, sorted(ages)[-5:]
     assert {row(runs, i)[1:] for i in ids} == {(1, busy_id)}
 
 
