@@ -115,16 +115,7 @@ def fail_params(worker_id: int, outcomes: Sequence[Outcome]) -> dict[str, Any]:
     return {
         "worker_id": worker_id,
         "ids": [o.task_id for o in outcomes],
-        "outcomes": Jsonb(
-            {
-                str(o.task_id): [
-                    o.attempts,
-                    o.error,
-                    None if o.retry_in_s is None else float(o.retry_in_s),
-                ]
-                for o in outcomes
-            }
-        ),
+        "outcomes": Jsonb({str(o.task_id): [o.attempts, o.error, o.retry_in_s] for o in outcomes}),
     }
 
 

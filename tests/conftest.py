@@ -43,6 +43,10 @@ def _admin(dsn: str) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, autocommit=True)
 
 
+def _drop(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session")
 def template_db(pg_server_dsn: str) -> Iterator[str]:
     name = f"aq_tpl_{uuid.uuid4().hex[:10]}"
@@ -51,13 +55,7 @@ def template_db(pg_server_dsn: str) -> Iterator[str]:
     migrate.upgrade(make_conninfo(pg_server_dsn, dbname=name))
     yield name
     with _admin(pg_server_dsn) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-def _drop(conn: psycopg.Connection[Any], name: str) -> None:
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        _drop(conn, name)
 
 
 class Clones:
@@ -138,9 +136,7 @@ def empty_dsn(pg_server_dsn: str) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield make_conninfo(pg_server_dsn, dbname=name)
     with _admin(pg_server_dsn) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+        _drop(conn, name)
 
 
 @pytest.fixture
