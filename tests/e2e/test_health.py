@@ -4,6 +4,7 @@ a blocked event loop, a CPU-bound handler, killed backends and a database that g
 from __future__ import annotations
 
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -56,9 +57,10 @@ def worker_id_of(conn, proc: subprocess.Popen[str]) -> int:
 
 def start_ready(dsn: str, conn, *args: str, env: dict[str, str] | None = None):
     """A worker that registered and has beaten for a heartbeat timeout (its reaper is armed)."""
-    proc = start_worker(dsn, *args, env={**FAST, **(env or {})})
+    full_env = {**FAST, **(env or {})}
+    proc = start_worker(dsn, *args, env=full_env)
     wid = worker_id_of(conn, proc)
-    time.sleep(HEARTBEAT_TIMEOUT_S + 2 * HEARTBEAT_S)
+    time.sleep(float(full_env["ANGELA_QUEUE_HEARTBEAT_TIMEOUT_S"]) + 2 * HEARTBEAT_S)
     return proc, wid
 
 
@@ -173,10 +175,17 @@ def stop_when_exited(proc: subprocess.Popen[str], timeout: float) -> tuple[int, 
 
 def test_cpu_bound_handlers_do_not_stop_the_heartbeat(dsn, runs):
     # Four pure-Python busy loops of 4 s (20 heartbeat intervals) on a worker of concurrency 4,
-    # watched by a second worker whose reaper would reclaim them on a 1.5 s silence.
+    # watched by a second worker whose reaper would reclaim them on a 3 s silence. The timeout
+    # is wider than the other tests' 1.5 s: a beat is a commit, and on a shared CI machine one
+    # commit once waited 1.3 s on the disk (other tests create and drop databases), which is
+    # not what this test is about.
+    timeout_s = 3.0
+    slow_reaper = {"ANGELA_QUEUE_HEARTBEAT_TIMEOUT_S": str(timeout_s)}
     runs.execute("INSERT INTO angela_queue.queues (name) VALUES ('idle_only')")
-    busy, busy_id = start_ready(dsn, runs, "--concurrency", "4")
-    watcher, _ = start_ready(dsn, runs, "--concurrency", "1", "--queue", "idle_only")
+    busy, busy_id = start_ready(dsn, runs, "--concurrency", "4", env=slow_reaper)
+    watcher, _ = start_ready(
+        dsn, runs, "--concurrency", "1", "--queue", "idle_only", env=slow_reaper
+    )
     ids = [enqueue(dsn, "test.spin", {"seconds": 4}) for _ in range(4)]
     ages = []
     try:
@@ -191,8 +200,12 @@ def test_cpu_bound_handlers_do_not_stop_the_heartbeat(dsn, runs):
     finally:
         outputs = [stop(busy), stop(watcher)]
     assert all(code == 0 for code, _ in outputs), outputs
-    # Measured 0.4-0.6 s (interval 0.2 s plus GIL hand-overs); the reaper acts at 1.5 s.
-    assert max(ages) < HEARTBEAT_TIMEOUT_S - HEARTBEAT_S, sorted(ages)[-5:]
+    # The beats keep their pace: sampled at random points of a 0.2 s interval, the typical
+    # age is below two intervals (measured 0.1 s with three CPU hogs beside the test); a
+    # starved heartbeat thread would show ages of seconds throughout.
+    assert statistics.median(ages) < 2 * HEARTBEAT_S, sorted(ages)
+    # No beat is late enough for the reaper (measured 0.4-0.6 s at most under load).
+    assert max(ages) < timeout_s - HEARTBEAT_S, sorted(ages)[-5:]
     assert {row(runs, i)[1:] for i in ids} == {(1, busy_id)}
 
 
