@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -99,6 +99,12 @@ class BenchError(Exception):
     """A failed or timed-out step: reported as one line, exit code 1."""
 
 
+# Rows per claim the drain tries for each batching system; its best is its drain rate. At
+# 100 each, PGQueuer drained 17,460 tasks/s and 22,821 at 400, angela-queue 32,844 and
+# 43,512 (medians of 3, 100,000 tasks): one fixed size would favour whichever system it suits.
+DRAIN_BATCHES = (100, 400, 1000)
+
+
 @dataclass(frozen=True)
 class Sizes:
     """One preset of sizes; each can be overridden on the command line."""
@@ -116,15 +122,42 @@ class Sizes:
     scale_rounds: int
     repeat: int
     timeout_s: float
+    drain_batches: tuple[int, ...] = ()  # empty: the worker settings as given
 
 
 PRESETS: dict[str, Sizes] = {
     "quick": Sizes(5_000, 200, 5_000, 50, 3.0, 30, 500, 1_000, 20_000, 50_000, 3, 1, 120.0),
     "default": Sizes(
-        20_000, 1_000, 20_000, 300, 10.0, 200, 3_000, 1_000, 200_000, 1_000_000, 5, 1, 300.0
+        20_000,
+        1_000,
+        20_000,
+        300,
+        10.0,
+        200,
+        3_000,
+        1_000,
+        200_000,
+        1_000_000,
+        5,
+        1,
+        300.0,
+        DRAIN_BATCHES,
     ),
     "full": Sizes(
-        50_000, 2_000, 50_000, 1_000, 30.0, 200, 3_000, 1_000, 1_000_000, 5_000_000, 7, 3, 600.0
+        50_000,
+        2_000,
+        50_000,
+        1_000,
+        30.0,
+        200,
+        3_000,
+        1_000,
+        1_000_000,
+        5_000_000,
+        7,
+        3,
+        600.0,
+        DRAIN_BATCHES,
     ),
 }
 
@@ -164,6 +197,7 @@ class RunConfig:
     scale_rounds: int
     tuning: Tuning
     timeout_s: float
+    drain_batches: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,6 +334,13 @@ def parse_args(argv: Sequence[str] | None) -> RunConfig:
         help="Procrastinate jobs at once per worker",
     )
     t.add_argument("--sql-batch", type=_positive_int, default=100, help="plain SQL rows/claim")
+    t.add_argument(
+        "--drain-batches",
+        metavar="ROWS",
+        help="rows per claim the drain tries for each batching system, comma-separated; each"
+        f" system's drain rate is its best (default: {','.join(map(str, DRAIN_BATCHES))}; with"
+        " --quick, the settings above)",
+    )
     a = p.parse_args(argv)
 
     mode = "quick" if a.quick else "full" if a.full else "default"
@@ -315,6 +356,12 @@ def parse_args(argv: Sequence[str] | None) -> RunConfig:
         p.error(f"unknown system {bad[0]!r} (choose from {', '.join(SYSTEM_KEYS)})")
     if a.concurrency > 1000:
         p.error("--concurrency must be at most 1000")
+    try:
+        batches = tuple(dict.fromkeys(_positive_int(n) for n in _names([a.drain_batches or ""])))
+    except (ValueError, argparse.ArgumentTypeError):
+        p.error(f"--drain-batches: whole numbers above 0, comma-separated: {a.drain_batches!r}")
+    if any(b > 1000 for b in batches):
+        p.error("--drain-batches: at most 1000 rows per claim")
     dsn = a.dsn or os.environ.get("ANGELA_QUEUE_DSN") or None
     if dsn and a.fast_durability:
         p.error("--fast-durability only applies to the embedded server (it runs ALTER SYSTEM)")
@@ -354,6 +401,7 @@ def parse_args(argv: Sequence[str] | None) -> RunConfig:
             sql_batch=a.sql_batch,
         ),
         timeout_s=pick(a.timeout, sizes.timeout_s),
+        drain_batches=batches if a.drain_batches is not None else sizes.drain_batches,
     )
 
 
@@ -729,6 +777,43 @@ def scenario_drain(cfg: RunConfig, system: System, dsn: str, log_dir: Path) -> l
     ]
 
 
+def drain_sweep(
+    cfg: RunConfig, systems: Sequence[System], admin_dsn: str, log_dir: Path
+) -> dict[str, list[Sample]]:
+    """The drain of every system at each of ``cfg.drain_batches`` rows per claim (a system
+    that does not batch runs once), interleaved so that drift hits all alike. Each system's
+    ``rate`` is its best batch's, with that run's other figures; ``rate_<rows>`` keeps each."""
+    runs: dict[str, list[tuple[int, list[Sample]]]] = {s.key: [] for s in systems}
+    for rows in cfg.drain_batches or (0,):
+        tuned = replace(cfg, tuning=cfg.tuning.with_batch(rows)) if rows else cfg
+        for system in systems:
+            if runs[system.key] and not system.batched:
+                continue
+            with fresh_database(admin_dsn, "drain", system.setup) as dsn:
+                runs[system.key].append((rows, scenario_drain(tuned, system, dsn, log_dir)))
+    return {key: sweep_samples(done) for key, done in runs.items()}
+
+
+def sweep_samples(done: list[tuple[int, list[Sample]]]) -> list[Sample]:
+    """One system's drain samples from its runs at several batch sizes (see drain_sweep)."""
+    if len(done) == 1:
+        return done[0][1]
+
+    def rate(samples: list[Sample]) -> float:
+        return next(s.value for s in samples if s.key == "rate")
+
+    best_rows, best = max(done, key=lambda run: rate(run[1]))
+    each = [
+        Sample(f"rate_{rows}", f"drain at {rows:,} rows per claim", rate(samples), "tasks/s")
+        for rows, samples in done
+    ]
+    return [
+        *each,
+        *(replace(s, label=f"{s.label} (best batch)") if s.key != "rss_mb" else s for s in best),
+        Sample("batch", "rows per claim of the best drain", best_rows, "rows"),
+    ]
+
+
 def scenario_latency(cfg: RunConfig, system: System, dsn: str, log_dir: Path) -> list[Sample]:
     """How long after its enqueue call a task starts in one idle worker, at a steady rate."""
     n = cfg.latency_tasks
@@ -798,6 +883,7 @@ def scenario_latency(cfg: RunConfig, system: System, dsn: str, log_dir: Path) ->
         Sample("p95", "p95 enqueue → start", percentile(waits, 0.95), "ms"),
         Sample("p99", "p99 enqueue → start", percentile(waits, 0.99), "ms"),
         Sample("max", "max enqueue → start", max(waits), "ms"),
+        Sample("send_p50", "p50 of the producer's enqueue call", percentile(send_ms, 0.50), "ms"),
         Sample("send_p99", "p99 of the producer's enqueue call", percentile(send_ms, 0.99), "ms"),
         Sample("offered_rate", "send rate achieved", sent_rate, "tasks/s"),
     ]
@@ -1120,6 +1206,15 @@ def describe(cfg: RunConfig, scenario: str) -> str:
             "spawned; timed from the first task a handler sees (start-up and imports excluded) "
             "until the benchmark sees no task left (polled every "
             f"{DRAIN_POLL_S * 1000:.0f} ms); 'from spawn' includes start-up"
+            + (
+                f"; at {', '.join(f'{b:,}' for b in cfg.drain_batches)} rows per claim (angela-"
+                "queue's concurrency, PGQueuer's batch size and the SQL loops' LIMIT, whatever "
+                "the settings below say), each system's best batch giving its drain rate"
+                if len(cfg.drain_batches) > 1
+                else f"; at {cfg.drain_batches[0]:,} rows per claim"
+                if cfg.drain_batches
+                else ""
+            )
         )
     if scenario == "latency":
         return (
@@ -1266,7 +1361,7 @@ class Report:
                     cells.append("—")
                     continue
                 cell = fmt(found.median, found.unit)
-                if s.key != REFERENCE_KEY and ref is not None and ref.median:
+                if s.key != REFERENCE_KEY and ref is not None and ref.median and ref.unit != "rows":
                     cell += f" ({found.median / ref.median:.2f}×)"
                 cells.append(cell)
             if first is not None:
@@ -1522,6 +1617,9 @@ def run(cfg: RunConfig, log_dir: Path, report: Report) -> None:
                 if scenario == "bound":
                     with fresh_database(srv.dsn, scenario) as dsn:
                         record(scenario, REFERENCE_KEY, scenario_bound(cfg, dsn), tag)
+                elif scenario == "drain":
+                    for key, samples in drain_sweep(cfg, report.systems, srv.dsn, log_dir).items():
+                        record(scenario, key, samples, tag)
                 elif scenario == "idle":
                     for key, samples in scenario_idle(
                         cfg, report.systems, srv.dsn, log_dir

@@ -29,7 +29,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,6 +88,10 @@ class Tuning:
     procrastinate_concurrency: int = 20
     sql_batch: int = 100
 
+    def with_batch(self, rows: int) -> Tuning:
+        """The same, with ``rows`` per claim for every system that claims in batches."""
+        return replace(self, aq_concurrency=rows, pgq_batch_size=rows, sql_batch=rows)
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -138,6 +142,8 @@ class System(ABC):
     label: str
     modules: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
+    # Claims rows in batches whose size Tuning.with_batch sets (the drain's sweep).
+    batched: bool = True
 
     def missing(self) -> str | None:
         """Why the system cannot run here (a package is not installed), else None."""
@@ -380,6 +386,7 @@ class Procrastinate(System):
     label = "Procrastinate"
     modules = ("procrastinate",)
     packages = ("procrastinate",)
+    batched = False  # one job per fetch, whatever the batch
 
     def settings(self, tuning: Tuning) -> str:
         return (
