@@ -66,9 +66,11 @@ def reclaimed_rows(rows: Sequence[tuple[Any, ...]]) -> list[Reclaimed]:
     return [Reclaimed(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
 
 
-def insert_params(req: EnqueueRequest) -> dict[str, Any]:
-    """Parameters of task_insert for one request (pure)."""
+def insert_params(req: EnqueueRequest, push_at_insert: bool = False) -> dict[str, Any]:
+    """Parameters of task_insert for one request (pure). ``push_at_insert``: the statement
+    is its own transaction (an autocommit connection), see migration 0018."""
     return {
+        "push_at_insert": "on" if push_at_insert else "",
         "queue": req.queue,
         "kind": req.kind,
         "payload": Jsonb(req.payload),
@@ -154,9 +156,12 @@ class TaskStore(AdminQueries):
         self.conn = conn
 
     def task_insert(self, req: EnqueueRequest) -> int | None:
-        """Insert one task; None when a live task has the same dedupe_key."""
+        """Insert one task; None when a live task has the same dedupe_key. On an autocommit
+        connection the statement is its own transaction, and it may hand the task to an
+        idle worker as it inserts (migration 0018)."""
         with translate_errors(req.queue):
-            row = self.conn.execute(Q["task_insert"], insert_params(req)).fetchone()
+            params = insert_params(req, self.conn.autocommit)
+            row = self.conn.execute(Q["task_insert"], params).fetchone()
         return None if row is None else int(row[0])
 
     def task_get_live_by_dedupe_key(self, dedupe_key: str) -> int | None:
@@ -283,7 +288,8 @@ class AsyncTaskStore:
 
     async def task_insert(self, req: EnqueueRequest) -> int | None:
         with translate_errors(req.queue):
-            cur = await self.conn.execute(Q["task_insert"], insert_params(req))
+            params = insert_params(req, self.conn.autocommit)
+            cur = await self.conn.execute(Q["task_insert"], params)
             row = await cur.fetchone()
         return None if row is None else int(row[0])
 

@@ -190,12 +190,16 @@ SELECT id FROM angela_queue.tasks
  WHERE dedupe_key = %(dedupe_key)s AND status IN ('pending', 'running');
 
 -- name: task_insert
--- NULLs take the database's defaults (the insert trigger fills them).
+-- NULLs take the database's defaults (the insert trigger fills them). %(push_at_insert)s
+-- 'on' lets the insert take an idle worker's offer (migration 0018): only where this
+-- statement is the whole transaction, since the offer stays locked until the commit.
 INSERT INTO angela_queue.tasks
        (queue, kind, payload, priority, run_at, enqueued_at, max_attempts, timeout_s,
         batch_key, dedupe_key)
-VALUES (%(queue)s, %(kind)s, %(payload)s, %(priority)s, %(run_at)s, %(enqueued_at)s,
-        %(max_attempts)s, %(timeout_s)s, %(batch_key)s, %(dedupe_key)s)
+SELECT %(queue)s::text, %(kind)s::text, %(payload)s::jsonb, %(priority)s::smallint,
+       %(run_at)s::timestamptz, %(enqueued_at)s::timestamptz, %(max_attempts)s::smallint,
+       %(timeout_s)s::integer, %(batch_key)s::text, %(dedupe_key)s::text
+  FROM (SELECT set_config('angela_queue.push_at_insert', %(push_at_insert)s, true)) AS flag
 ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('pending', 'running')
 DO NOTHING
 RETURNING id;
