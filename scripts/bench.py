@@ -122,42 +122,15 @@ class Sizes:
     scale_rounds: int
     repeat: int
     timeout_s: float
-    drain_batches: tuple[int, ...] = ()  # empty: the worker settings as given
 
 
 PRESETS: dict[str, Sizes] = {
     "quick": Sizes(5_000, 200, 5_000, 50, 3.0, 30, 500, 1_000, 20_000, 50_000, 3, 1, 120.0),
     "default": Sizes(
-        20_000,
-        1_000,
-        20_000,
-        300,
-        10.0,
-        200,
-        3_000,
-        1_000,
-        200_000,
-        1_000_000,
-        5,
-        1,
-        300.0,
-        DRAIN_BATCHES,
+        20_000, 1_000, 20_000, 300, 10.0, 200, 3_000, 1_000, 200_000, 1_000_000, 5, 1, 300.0
     ),
     "full": Sizes(
-        50_000,
-        2_000,
-        50_000,
-        1_000,
-        30.0,
-        200,
-        3_000,
-        1_000,
-        1_000_000,
-        5_000_000,
-        7,
-        3,
-        600.0,
-        DRAIN_BATCHES,
+        50_000, 2_000, 50_000, 1_000, 30.0, 200, 3_000, 1_000, 1_000_000, 5_000_000, 7, 3, 600.0
     ),
 }
 
@@ -362,6 +335,8 @@ def parse_args(argv: Sequence[str] | None) -> RunConfig:
         p.error(f"--drain-batches: whole numbers above 0, comma-separated: {a.drain_batches!r}")
     if any(b > 1000 for b in batches):
         p.error("--drain-batches: at most 1000 rows per claim")
+    if a.drain_batches is None:  # --quick (CI's smoke run) drains once, with the settings
+        batches = () if mode == "quick" else DRAIN_BATCHES
     dsn = a.dsn or os.environ.get("ANGELA_QUEUE_DSN") or None
     if dsn and a.fast_durability:
         p.error("--fast-durability only applies to the embedded server (it runs ALTER SYSTEM)")
@@ -401,7 +376,7 @@ def parse_args(argv: Sequence[str] | None) -> RunConfig:
             sql_batch=a.sql_batch,
         ),
         timeout_s=pick(a.timeout, sizes.timeout_s),
-        drain_batches=batches if a.drain_batches is not None else sizes.drain_batches,
+        drain_batches=batches,
     )
 
 
@@ -1189,6 +1164,19 @@ def scenario_drain_scale(cfg: RunConfig, admin_dsn: str, log_dir: Path) -> list[
 # -- report ---------------------------------------------------------------------------------
 
 
+def drain_batches_text(batches: tuple[int, ...]) -> str:
+    """The drain's rows per claim, for its description ('' when the settings are used)."""
+    if len(batches) == 1:
+        return f"; at {batches[0]:,} rows per claim"
+    if not batches:
+        return ""
+    return (
+        f"; at {', '.join(f'{b:,}' for b in batches)} rows per claim (angela-queue's "
+        "concurrency, PGQueuer's batch size and the SQL loops' LIMIT, whatever the settings "
+        "below say), each system's best batch giving its drain rate"
+    )
+
+
 def describe(cfg: RunConfig, scenario: str) -> str:
     """What a scenario measured, in one line, for the report."""
     if scenario == "enqueue":
@@ -1206,15 +1194,7 @@ def describe(cfg: RunConfig, scenario: str) -> str:
             "spawned; timed from the first task a handler sees (start-up and imports excluded) "
             "until the benchmark sees no task left (polled every "
             f"{DRAIN_POLL_S * 1000:.0f} ms); 'from spawn' includes start-up"
-            + (
-                f"; at {', '.join(f'{b:,}' for b in cfg.drain_batches)} rows per claim (angela-"
-                "queue's concurrency, PGQueuer's batch size and the SQL loops' LIMIT, whatever "
-                "the settings below say), each system's best batch giving its drain rate"
-                if len(cfg.drain_batches) > 1
-                else f"; at {cfg.drain_batches[0]:,} rows per claim"
-                if cfg.drain_batches
-                else ""
-            )
+            + drain_batches_text(cfg.drain_batches)
         )
     if scenario == "latency":
         return (
