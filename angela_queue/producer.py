@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import pq
 
 from angela_queue import errors
-from angela_queue.store import AsyncTaskStore, TaskStore
+from angela_queue.store import AsyncTaskStore, InsertRow, TaskStore
 from angela_queue.types import Enqueued, EnqueueRequest
 
 SPACE_CHANNEL = "angela_queue_space"
@@ -93,25 +93,31 @@ async def insert_one_async(
 
 
 def insert_many(
-    conn: psycopg.Connection[Any], reqs: Iterable[EnqueueRequest], count: int, dedupe: bool
+    conn: psycopg.Connection[Any], rows: Iterable[InsertRow], count: int
 ) -> list[Enqueued]:
-    """Insert the ``count`` tasks of ``reqs`` in one transaction on ``conn``; report what
-    happened to each. ``dedupe``: some have a dedupe_key (they go row by row); otherwise
-    ``reqs`` may be lazy, built as the chunks of the bulk insert are sent.
+    """Insert the ``count`` tasks of ``rows`` (none with a dedupe key) in one transaction on
+    ``conn``; report what happened to each. ``rows`` may be lazy, built as the chunks of the
+    bulk insert are sent.
 
     Full bounded queues skip instead of failing (the session's overflow mode), so one
     full queue never loses the rest of the batch; invalid tasks still reject it whole.
     """
     store = TaskStore(conn)
     store.session_set_overflow("skip")  # undone with the transaction when anything fails
-    if dedupe:
-        ids = [_insert_or_none(store, r) for r in reqs]
-        statuses = store.task_status_many([i for i in ids if i is not None])
-        placed = {k: (i, statuses[i]) for k, i in enumerate(ids) if i in statuses}
-    else:
-        placed = store.task_insert_many(reqs)
+    placed = store.task_insert_many(rows)
     store.session_set_overflow("")  # the caller's own later inserts fail loudly again
     return [_outcome(placed.get(k)) for k in range(count)]
+
+
+def insert_each(conn: psycopg.Connection[Any], reqs: Sequence[EnqueueRequest]) -> list[Enqueued]:
+    """``insert_many`` row by row, for requests with dedupe keys: a duplicate is skipped
+    alone, and its report carries the live task's id."""
+    store = TaskStore(conn)
+    store.session_set_overflow("skip")
+    ids = [_insert_or_none(store, r) for r in reqs]
+    statuses = store.task_status_many([i for i in ids if i is not None])
+    store.session_set_overflow("")
+    return [_outcome((i, statuses[i]) if i in statuses else None) for i in ids]
 
 
 def _outcome(placed: tuple[int, str] | None) -> Enqueued:

@@ -84,18 +84,42 @@ def insert_params(req: EnqueueRequest, push_at_insert: bool = False) -> dict[str
     }
 
 
-def insert_many_params(reqs: Sequence[EnqueueRequest]) -> dict[str, Any]:
-    """Parameters of task_insert_many: one array per column, in the order of ``reqs`` (pure)."""
+# One task of a bulk insert: task_insert_many's columns, in the order of its arrays.
+InsertRow = tuple[
+    str, str, Any, int, datetime | None, datetime | None, int | None, int | None, str | None
+]
+
+
+def insert_row(req: EnqueueRequest) -> InsertRow:
+    """The bulk insert's row for one request (pure)."""
+    return (
+        req.queue,
+        req.kind,
+        req.payload,
+        req.priority,
+        req.run_at,
+        req.enqueued_at,
+        req.max_attempts,
+        req.timeout_s,
+        req.batch_key,
+    )
+
+
+def insert_many_params(rows: Sequence[InsertRow]) -> dict[str, Any]:
+    """Parameters of task_insert_many: one array per column, in the order of ``rows`` (pure)."""
+    queues, kinds, payloads, priorities, run_ats, enqueued_ats, attempts, timeouts, keys = map(
+        list, zip(*rows, strict=True)
+    )
     return {
-        "queues": [r.queue for r in reqs],
-        "kinds": [r.kind for r in reqs],
-        "payloads": Jsonb([r.payload for r in reqs]),  # one JSON array (see the query)
-        "priorities": [r.priority for r in reqs],
-        "run_ats": [r.run_at for r in reqs],
-        "enqueued_ats": [r.enqueued_at for r in reqs],
-        "max_attempts": [r.max_attempts for r in reqs],
-        "timeouts": [r.timeout_s for r in reqs],
-        "batch_keys": [r.batch_key for r in reqs],
+        "queues": queues,
+        "kinds": kinds,
+        "payloads": Jsonb(payloads),  # one JSON array (see the query)
+        "priorities": priorities,
+        "run_ats": run_ats,
+        "enqueued_ats": enqueued_ats,
+        "max_attempts": attempts,
+        "timeouts": timeouts,
+        "batch_keys": keys,
     }
 
 
@@ -170,20 +194,20 @@ class TaskStore(AdminQueries):
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def task_insert_many(self, reqs: Iterable[EnqueueRequest]) -> dict[int, tuple[int, str]]:
+    def task_insert_many(self, rows: Iterable[InsertRow]) -> dict[int, tuple[int, str]]:
         """Insert many tasks (no dedupe keys), in the caller's transaction. Returns, by
-        position in ``reqs``, the task's id and status; a position is missing when a full
+        position in ``rows``, the task's id and status; a position is missing when a full
         bounded queue skipped its task (the session's overflow mode 'skip').
 
         Chunks of INSERT_CHUNK go out in one pipeline: the server inserts one while this
-        process encodes the next, instead of each side waiting for the other. ``reqs`` may
+        process encodes the next, instead of each side waiting for the other. ``rows`` may
         be lazy: it is read a chunk at a time, as the chunks are sent."""
-        pending = iter(reqs)
+        pending = iter(rows)
         chunk = list(itertools.islice(pending, INSERT_CHUNK))
         if not chunk:
             return {}
         placed: dict[int, tuple[int, str]] = {}
-        with translate_errors(chunk[0].queue):
+        with translate_errors():  # the queue of an error is in its message
             if len(chunk) < INSERT_CHUNK:
                 sent = [(0, self.conn.execute(Q["task_insert_many"], insert_many_params(chunk)))]
             else:

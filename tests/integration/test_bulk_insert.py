@@ -12,7 +12,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
 
 from angela_queue import errors
-from angela_queue.store import TaskStore
+from angela_queue.store import TaskStore, insert_row
 from angela_queue.types import EnqueueRequest
 
 COLUMNS = (
@@ -58,7 +58,7 @@ def test_a_batch_is_priced_exactly_like_the_same_tasks_inserted_one_by_one(dsn):
         )
         store = TaskStore(conn)
         reqs = varied_requests()
-        placed = store.task_insert_many(reqs)
+        placed = store.task_insert_many(map(insert_row, reqs))
         one_by_one = [store.task_insert(r) for r in reqs]
         assert sorted(placed) == list(range(len(reqs)))
         batch_ids = [placed[k][0] for k in range(len(reqs))]
@@ -84,7 +84,8 @@ def test_a_batch_into_a_bounded_queue_still_goes_through_its_bound(dsn, conn):
         store = TaskStore(c)
         store.session_set_overflow("skip")
         placed = store.task_insert_many(
-            [
+            insert_row(r)
+            for r in [
                 EnqueueRequest("a.b", queue="small", priority=6),
                 EnqueueRequest("a.b", priority=1),  # unbounded default queue
                 EnqueueRequest("a.b", queue="small", priority=6),
@@ -101,13 +102,15 @@ def test_a_batch_into_a_bounded_queue_still_goes_through_its_bound(dsn, conn):
 
 def test_a_batch_reports_the_trigger_s_errors(dsn):
     with psycopg.connect(dsn) as c, pytest.raises(errors.UnknownQueue):
-        TaskStore(c).task_insert_many([EnqueueRequest("a.b"), EnqueueRequest("a.b", queue="nope")])
+        TaskStore(c).task_insert_many(
+            map(insert_row, [EnqueueRequest("a.b"), EnqueueRequest("a.b", queue="nope")])
+        )
     with psycopg.connect(dsn) as c:
         c.execute("SET angela_queue.max_payload_bytes = 100")
         with pytest.raises(errors.PayloadTooLarge):
-            TaskStore(c).task_insert_many([EnqueueRequest("a.b", {"x": "y" * 200})])
+            TaskStore(c).task_insert_many([insert_row(EnqueueRequest("a.b", {"x": "y" * 200}))])
     with psycopg.connect(dsn) as c, pytest.raises(errors.InvalidTask):
-        TaskStore(c).task_insert_many([EnqueueRequest("a.b", priority=11)])
+        TaskStore(c).task_insert_many([insert_row(EnqueueRequest("a.b", priority=11))])
 
 
 def test_a_producer_cannot_switch_the_row_trigger_off(dsn, conn):
@@ -132,7 +135,7 @@ def test_the_owner_s_switch_is_local_to_the_function(dsn, conn):
     """After task_insert_many, later inserts of the same transaction are priced again."""
     with psycopg.connect(dsn) as c:
         store = TaskStore(c)
-        store.task_insert_many([EnqueueRequest("a.b")])
+        store.task_insert_many([insert_row(EnqueueRequest("a.b"))])
         task_id = store.task_insert(EnqueueRequest("a.b", priority=9))
         c.commit()
     assert conn.execute(
@@ -165,7 +168,7 @@ def test_positions_hold_across_the_statements_of_a_large_batch(dsn, conn):
     with psycopg.connect(dsn) as c:
         store = TaskStore(c)
         store.session_set_overflow("skip")
-        placed = store.task_insert_many(reqs)
+        placed = store.task_insert_many(map(insert_row, reqs))
         c.commit()
     assert skipped not in placed and len(placed) == len(reqs) - 1
     got = dict(conn.execute("SELECT id, (payload->>'i')::int FROM angela_queue.tasks").fetchall())

@@ -87,6 +87,13 @@ def test_enqueue_many_is_all_or_nothing(app, conn):
     assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0] == 0
 
 
+def test_enqueue_many_names_the_unknown_queue_not_the_first_task_s(app, conn):
+    """The error of a batch names the queue that is missing, wherever it is in the batch."""
+    with pytest.raises(errors.UnknownQueue, match="'missing'"):
+        app.enqueue_many([{"kind": "conversation.analyze"}, {"kind": "a.b", "queue": "missing"}])
+    assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0] == 0
+
+
 def test_enqueue_many_with_dedupe_keys(app, conn):
     first = app.enqueue("conversation.analyze", dedupe_key="conv-1")
     ids = [

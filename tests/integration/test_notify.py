@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from angela_queue.store import TaskStore
+from angela_queue.store import TaskStore, insert_row
 from angela_queue.types import EnqueueRequest
 
 
@@ -31,7 +31,7 @@ def test_only_the_first_insert_after_a_worker_armed_notifies(dsn, conn):
         conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('a.b')")
         assert notified(listener) == []  # the first insert cleared the flag
         arm(conn)
-        TaskStore(conn).task_insert_many([EnqueueRequest("a.b") for _ in range(3)])
+        TaskStore(conn).task_insert_many([insert_row(EnqueueRequest("a.b")) for _ in range(3)])
         assert notified(listener) == ["default"]  # the bulk path too, once per statement
 
 

@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 from angela_queue import errors
 from angela_queue.push import channel, parse_push
 from angela_queue.sql import QUERIES as Q
-from angela_queue.store import AsyncTaskStore, TaskStore
+from angela_queue.store import AsyncTaskStore, TaskStore, insert_row
 from angela_queue.store_errors import translate
 from angela_queue.types import EnqueueRequest
 
@@ -229,7 +229,7 @@ def test_each_offer_of_the_queue_gets_one_task_of_a_bulk_insert(dsn, conn):
         for w in workers:
             assert offer(conn, w) == "offered"
         placed = TaskStore(conn).task_insert_many(
-            [EnqueueRequest("a.b", priority=p) for p in (3, 9, 5, 7, 1)]
+            [insert_row(EnqueueRequest("a.b", priority=p)) for p in (3, 9, 5, 7, 1)]
         )
         got = [
             parse_push(n, w).task_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given
@@ -14,6 +15,7 @@ from angela_queue import errors, retry
 from angela_queue.payload import UndecodablePayload, tolerant_loads
 from angela_queue.registry import Handler, Registry
 from angela_queue.sql import QUERIES, parse
+from angela_queue.types import EnqueueRequest
 from angela_queue.worker import poll_interval
 
 
@@ -145,3 +147,41 @@ def test_sane_retry_delays_are_kept():
     assert errors.Retry(delay_s=2.5).delay_s == 2.5
     assert errors.Retry(delay_s=errors.MAX_RETRY_DELAY_S).delay_s == errors.MAX_RETRY_DELAY_S
     assert errors.Retry().delay_s is None
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"kind": "a.b"},
+        {"kind": "a.b", "payload": None},
+        {"kind": "a.b", "payload": {}},
+        {"kind": "a.b", "payload": {"n": 1}},
+        {"kind": "handled.kind", "payload": {"n": 1}},
+        {"kind": "handled.kind", "payload": {"n": 1}, "queue": "other", "max_attempts": 2},
+        {"kind": "a.b", "priority": 9, "batch_key": "k", "timeout_s": 5},
+        {"kind": "a.b", "payload": MappingProxyType({"n": 1})},
+        MappingProxyType({"kind": "a.b", "payload": {"n": 1}}),
+        EnqueueRequest("handled.kind", {"n": 1}),
+    ],
+)
+def test_a_bulk_row_is_the_row_of_the_request_the_item_makes(item):
+    """enqueue_many builds rows without requests for plain {kind, payload} dicts: the same
+    row, handler and settings defaults included."""
+    from angela_queue import App, Settings
+    from angela_queue.store import insert_row
+
+    app = App(Settings(dsn="postgresql://nobody@localhost/none", max_attempts=3, timeout_s=40))
+    app.task("handled.kind", queue="fast", max_attempts=8, timeout_s=20)(lambda task: None)
+    assert app._as_row(item) == insert_row(app._as_request(item))
+
+
+def test_a_bulk_row_is_validated_like_a_request():
+    from angela_queue import App, Settings
+
+    app = App(Settings(dsn="postgresql://nobody@localhost/none"))
+    with pytest.raises(errors.InvalidTask, match="kind"):
+        app._as_row({"payload": {}})
+    with pytest.raises(errors.InvalidTask, match="JSON object"):
+        app._as_row({"kind": "a.b", "payload": [1]})
+    with pytest.raises(TypeError, match="unknown enqueue option"):
+        app._as_row({"kind": "a.b", "priorty": 3})
