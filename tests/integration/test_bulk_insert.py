@@ -56,6 +56,12 @@ def test_a_batch_is_priced_exactly_like_the_same_tasks_inserted_one_by_one(dsn):
             "INSERT INTO angela_queue.queues (name, aging_rate, target_waits)"
             ' VALUES (\'fast\', 0.5, \'{"high": "30 seconds", "low": "2 hours"}\')'
         )
+        # The operator's target waits of two tiers; the other two keep the defaults.
+        conn.execute(
+            "UPDATE angela_queue.tiers SET target_wait = CASE tier WHEN 'critical'"
+            " THEN interval '45 seconds' ELSE interval '7 minutes' END"
+            " WHERE tier IN ('critical', 'medium')"
+        )
         store = TaskStore(conn)
         reqs = varied_requests()
         placed = store.task_insert_many(map(insert_row, reqs))
@@ -73,6 +79,25 @@ def test_a_batch_is_priced_exactly_like_the_same_tasks_inserted_one_by_one(dsn):
         assert tiers == {"critical", "high", "medium", "low"}
         assert boosts == {0, 1, 2, 4}  # 4: urgent and a question from the author
         conn.rollback()
+
+
+def test_a_missing_payload_is_an_empty_object_to_the_rules_too(conn):
+    """By SQL, a NULL payload in the array is stored as {}; a rule matching {} boosts it."""
+    conn.execute(
+        "INSERT INTO angela_queue.boost_rules (name, predicate, boost)"
+        " VALUES ('no-topic', '!(exists($.topic))', 2)"
+    )
+    (task_id,) = conn.execute(
+        "SELECT id FROM angela_queue.task_insert_many(ARRAY['default'], ARRAY['a.b'],"
+        " ARRAY[NULL::jsonb], NULL, NULL, NULL, NULL, NULL, NULL)"
+    ).fetchone()
+    got = conn.execute(
+        "SELECT payload, boost FROM angela_queue.tasks WHERE id = %s", (task_id,)
+    ).fetchall()
+    single = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind) VALUES ('a.b') RETURNING payload, boost"
+    ).fetchall()
+    assert got == single == [({}, 2)]
 
 
 def test_a_batch_into_a_bounded_queue_still_goes_through_its_bound(dsn, conn):
