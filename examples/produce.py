@@ -11,7 +11,7 @@ from learning import app
 def conversation_ended(conversation: str, author: str, text: str, importance: int) -> int:
     ref = {"conversation_id": conversation, "author": author}
     task_id = app.enqueue("conversation.analyze", {**ref, "text": text}, priority=importance)
-    app.enqueue_many(  # one transaction, COPY
+    app.enqueue_many(  # one transaction, one statement per 500 tasks
         [
             {"kind": "pattern.learn", "payload": ref, "priority": 5},
             {"kind": "insight.extract", "payload": ref, "priority": 4},

@@ -11,7 +11,7 @@ consolidation, and routine work must not starve either. The demo plays it for re
    ``angela_queue.demo.app`` (= examples/learning.py): it starts the workers, adds some
    while a backlog waits and asks them to stop when it is gone (checks every 1.5 s with
    ``--quick``, else 3 s, instead of the profile's 60 s);
-3. a burst of 48 conversations' tasks in one transaction (plain SQL INSERT, COPY through
+3. a burst of 48 conversations' tasks in one transaction (plain SQL INSERT, a bulk insert through
    ``App.enqueue_many``, two tasks imported 40 minutes old through ``App.enqueue``), then
    8 live conversations arriving while the backlog drains, one an urgent message from david;
    routine consolidations run in batches of up to 5;
@@ -308,7 +308,7 @@ class Demo:
         self.setup = dataclasses.replace(self.setup, origin=row[0])  # now(): the commit's
         self.console.print(
             f"  + {n - len(convs) - BACKDATED} pattern/insight/consolidation tasks with "
-            f"App.enqueue_many (COPY), {BACKDATED} consolidations imported 40 minutes old "
+            f"App.enqueue_many (bulk), {BACKDATED} consolidations imported 40 minutes old "
             f"with App.enqueue(enqueued_at=…); {n} tasks, one transaction.",
             highlight=False,
         )
