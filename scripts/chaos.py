@@ -93,6 +93,7 @@ def kill_scenario(dsn: str, srv: Server, a: argparse.Namespace, logs: Path) -> R
         "failed": report.failed,
         "duplicate_tasks": report.duplicates,
         "extra_runs": report.extra_runs,
+        "unexplained_reruns": report.unexplained_reruns,
         "duplicate_effects": report.duplicate_effects,
         "missing_effects": report.missing_effects,
         "stale_writes": report.stale_writes,

@@ -38,6 +38,9 @@ class ChaosReport:
     lost: int = 0
     duplicates: int = 0
     extra_runs: int = 0
+    # Runs repeated although their process was neither SIGKILLed nor left declared dead:
+    # a rerun must always follow a run cut short (0 is the promise the tests check).
+    unexplained_reruns: int = 0
     duplicate_effects: int = 0
     missing_effects: int = 0
     stale_writes: int = 0
@@ -45,6 +48,7 @@ class ChaosReport:
     timed_out: bool = False
     kills: list[Kill] = field(default_factory=list)
     own_exits: dict[int, int] = field(default_factory=dict)  # exit code → count
+    cut_short_pids: set[int] = field(default_factory=set)  # killed, or exited non-zero
     restart: tuple[float, float] | None = None  # monotonic start and end of the outage
     restart_note: str = ""
     recovery_s: float | None = None  # server back → next task finished
@@ -104,7 +108,9 @@ class ChaosReport:
             + (f"; {self.unresolved} never reclaimed" if self.unresolved else ""),
             f"duplicates: {self.duplicates} task(s) ran more than once "
             f"({self.extra_runs} extra run(s)); transactional effects: "
-            f"{self.duplicate_effects} duplicated, {self.missing_effects} missing",
+            f"{self.duplicate_effects} duplicated, {self.missing_effects} missing; "
+            f"{self.unexplained_reruns} rerun(s) of a run whose process was neither killed "
+            "nor declared dead",
             f"stale writes (changes to finished tasks): {self.stale_writes}",
         ]
         if self.restart is not None:
@@ -185,6 +191,7 @@ def run_kill(
             if now >= next_kill:
                 victim = rand.choice(live)
                 report.kills.append(_kill(db, victim))
+                report.cut_short_pids.add(victim.pid)
                 live.remove(victim)
                 live.append(procs.worker(env, concurrency))
                 next_kill += kill_every_s
@@ -224,11 +231,16 @@ def _replace_exited(
     concurrency: int,
     report: ChaosReport,
 ) -> None:
-    """A worker that left by itself (e.g. exit 3, declared dead) is replaced, as systemd would."""
+    """A worker that left by itself (e.g. exit 3, declared dead) is replaced, as systemd would.
+
+    A non-zero exit means its tasks were (or will be) reclaimed and run again elsewhere.
+    """
     for p in list(live):
         code = p.poll()
         if code is not None:
             report.own_exits[code] = report.own_exits.get(code, 0) + 1
+            if code != 0:
+                report.cut_short_pids.add(p.pid)
             live.remove(p)
             live.append(procs.worker(env, concurrency))
 
@@ -277,6 +289,17 @@ def _tally(db: Db, report: ChaosReport) -> None:
         " FROM (SELECT count(*) AS n FROM chaos_runs GROUP BY task_id) r"
     )[0]
     report.duplicates, report.extra_runs = int(dup), int(extra)
+    # Every run but a task's last was cut short; its process must be one the harness killed
+    # or one that exited declaring itself dead (the heartbeat lagged past the timeout).
+    report.unexplained_reruns = int(
+        db.one(
+            "SELECT count(*) FROM chaos_runs r"
+            " WHERE EXISTS (SELECT 1 FROM chaos_runs later WHERE later.task_id = r.task_id"
+            "                  AND (later.at, later.attempt) > (r.at, r.attempt))"
+            "   AND r.pid <> ALL(%s)",
+            (sorted(report.cut_short_pids),),
+        )
+    )
     dup_fx, missing_fx = db.rows(
         "SELECT count(*) FILTER (WHERE coalesce(e.n, 0) > 1),"
         "       count(*) FILTER (WHERE t.status = 'succeeded' AND coalesce(e.n, 0) = 0)"

@@ -46,8 +46,11 @@ def test_killing_a_worker_every_second_loses_no_task_and_no_effect_runs_twice(ds
     # idle, the max is 1.3 s (also beside two CPU hogs), but CI running another test
     # process beside this one once stalled the reapers to 2.83 s (session 6).
     assert max(report.latencies) <= HEARTBEAT_TIMEOUT_S + HEARTBEAT_S + 2.5, figures
-    # Duplicates come only from kills: at most the tasks running on the killed workers.
-    assert report.extra_runs <= sum(len(k.task_ids) for k in report.kills), figures
+    # A run is repeated only when it was cut short: its process was SIGKILLed, or exited by
+    # itself after a reaper declared it dead (a heartbeat late past the 1 s timeout, as
+    # happened under CI load in session 9: 3 such exits, 90 extra runs for 87 killed tasks).
+    assert report.extra_runs > 0, figures
+    assert report.unexplained_reruns == 0, figures
     assert report.stale_writes == 0, figures
     assert 150 <= report.tx_tasks <= 350, figures
     assert report.duplicate_effects == 0 and report.missing_effects == 0, figures
