@@ -218,3 +218,34 @@ def test_epoch_minutes_is_inlined_and_independent_of_the_time_zone(conn):
                 (ts, ts),
             ).fetchone()
             assert got == expected, (zone, ts)
+
+
+def test_every_sql_language_function_is_inlined_by_the_planner(conn):
+    """A LANGUAGE sql function the planner cannot inline is planned afresh wherever its
+    calling expression is set up: in a trigger, once per transaction (migration 0020 moved
+    rule_vars_object to PL/pgSQL for that). The rest must stay inlinable: each is explained
+    with a parameter (a generic plan, so no constant folding hides a call)."""
+    functions = conn.execute(
+        "SELECT p.proname, p.oid::regprocedure::text, ARRAY(SELECT format_type(t, NULL)"
+        "        FROM unnest(p.proargtypes) AS t)"
+        "  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        "  JOIN pg_language l ON l.oid = p.prolang"
+        " WHERE n.nspname = 'angela_queue' AND l.lanname = 'sql' ORDER BY 1"
+    ).fetchall()
+    assert {name for name, _, _ in functions} >= {"tier_of", "epoch_minutes"}
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    for name, signature, types in functions:
+        params = ", ".join(f"${i}" for i in range(1, len(types) + 1))
+        conn.execute(
+            f"PREPARE call_{name} ({', '.join(types)}) AS SELECT angela_queue.{name}({params})"
+        )
+        nulls = ", ".join("NULL" for _ in types)
+        plan = "\n".join(
+            r[0] for r in conn.execute(f"EXPLAIN (VERBOSE, COSTS OFF) EXECUTE call_{name}({nulls})")
+        )
+        assert f"{name}(" not in plan, f"{signature} is not inlined:\n{plan}"
+    (language,) = conn.execute(
+        "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+        " WHERE p.oid = 'angela_queue.rule_vars_object()'::regprocedure"
+    ).fetchone()
+    assert language == "plpgsql"
