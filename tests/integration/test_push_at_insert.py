@@ -12,7 +12,8 @@ from psycopg.conninfo import make_conninfo
 
 from angela_queue import App, Settings
 from angela_queue.push import parse_push
-from angela_queue.store import TaskStore
+from angela_queue.sql import QUERIES as Q
+from angela_queue.store import TaskStore, insert_params
 from angela_queue.types import EnqueueRequest
 from tests.integration.test_push import add_worker, listener, offer, offers, pushes, task
 
@@ -203,3 +204,34 @@ def test_the_client_pushes_at_the_insert_only_on_its_own_connection(dsn, conn):
     finally:
         app.close()
     assert task(conn, own)[:2] == task(conn, theirs)[:2] == ("running", me)
+
+
+def test_offering_and_pushing_read_one_index_entry_per_kind_whatever_else_is_pending(dsn, conn):
+    """Whether anything else is due for the worker is an index probe per (queue, kind) from
+    its claim floor (migration 0021): 5,000 pending tasks of a kind the worker does not run
+    are not read, neither when it offers nor when an insert takes its offer. (The check
+    used to hash every due entry of the queue: ~0.3 ms a push at 1,200 dead entries.)"""
+    me = add_worker(conn)
+    conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, payload)"
+        " SELECT 'other.kind', jsonb_build_object('n', n) FROM generate_series(1, 5000) n"
+    )
+
+    def entries_read(c: psycopg.Connection[Any]) -> int:
+        row = c.execute(
+            "SELECT pg_stat_get_xact_tuples_returned('angela_queue.tasks_claim_idx'::regclass)"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with listener(dsn, me) as ears, psycopg.connect(dsn) as producer:
+        assert entries_read(producer) == 0
+        assert offer(producer, me) == "offered"
+        offering = entries_read(producer)
+        producer.commit()
+        row = producer.execute(Q["task_insert"], insert_params(EnqueueRequest("a.b"), True))
+        (tid,) = row.fetchone() or (None,)
+        pushing = entries_read(producer)
+        producer.commit()
+        assert [parse_push(n, me).task_id for n in pushes(ears)] == [tid]
+    assert offering <= 2 and pushing <= 2, (offering, pushing)
