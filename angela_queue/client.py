@@ -18,7 +18,7 @@ from angela_queue.producer import insert_each, insert_many, insert_one, insert_o
 from angela_queue.registry import Handler, Registry, is_async_callable
 from angela_queue.settings import Settings
 from angela_queue.store import InsertRow, insert_row
-from angela_queue.types import Enqueued, EnqueueRequest
+from angela_queue.types import DEFAULT_PRIORITY, Enqueued, EnqueueRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 _REQUEST_FIELDS = {f.name for f in fields(EnqueueRequest)}
@@ -173,7 +173,7 @@ class App:
         kind: str,
         payload: Mapping[str, Any] | None = None,
         *,
-        priority: int = 5,
+        priority: int = DEFAULT_PRIORITY,
         queue: str | None = None,
         run_at: datetime | None = None,
         dedupe_key: str | None = None,
@@ -208,7 +208,7 @@ class App:
         kind: str,
         payload: Mapping[str, Any] | None = None,
         *,
-        priority: int = 5,
+        priority: int = DEFAULT_PRIORITY,
         queue: str | None = None,
         run_at: datetime | None = None,
         dedupe_key: str | None = None,
@@ -291,7 +291,17 @@ class App:
             if payload is None or type(payload) is dict:
                 kind = item["kind"]
                 queue, max_attempts, timeout_s = self._kind_defaults(kind)
-                return (queue, kind, payload or {}, 5, None, None, max_attempts, timeout_s, None)
+                return (
+                    queue,
+                    kind,
+                    payload or {},
+                    DEFAULT_PRIORITY,
+                    None,
+                    None,
+                    max_attempts,
+                    timeout_s,
+                    None,
+                )
         return insert_row(self._as_request(item))
 
     def _kind_defaults(self, kind: str) -> tuple[str, int, int]:

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# A task's priority when its producer gives none (the column's default is the same).
+DEFAULT_PRIORITY = 5
+
 
 class TaskState(enum.StrEnum):
     """The life of a task (docs/state_machine.md)."""
@@ -64,7 +67,7 @@ class EnqueueRequest:
 
     kind: str
     payload: dict[str, Any] = field(default_factory=dict)
-    priority: int = 5
+    priority: int = DEFAULT_PRIORITY
     queue: str = "default"
     run_at: datetime | None = None
     enqueued_at: datetime | None = None

@@ -23,8 +23,8 @@ Create Date: 2026-12-01
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
+from types import ModuleType
 
 from alembic import op
 
@@ -159,20 +159,15 @@ END $$;
 """
 
 
-def _function(module_file: str, name: str) -> str:
-    """The CREATE FUNCTION statement of ``name`` in an earlier migration (frozen files), as
-    CREATE OR REPLACE: what downgrade restores."""
+def _migration(module_file: str) -> ModuleType:
+    """An earlier migration's module (frozen files): what downgrade restores."""
     spec = importlib.util.spec_from_file_location(
         module_file, Path(__file__).with_name(module_file)
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    match = re.search(
-        rf"CREATE FUNCTION angela_queue\.{name}\(.*?\nEND \$\$;\n", module.UPGRADE, re.S
-    )
-    assert match is not None, name
-    return match.group(0).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    return module
 
 
 def upgrade() -> None:
@@ -180,5 +175,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(_function("0018_push_at_insert.py", "task_push_at_insert"))
-    op.execute(_function("0017_push_to_idle_workers.py", "queue_offer"))
+    # 0016's helpers pick a function out of an earlier migration's text, as 0019 does.
+    helpers = _migration("0016_cheaper_bulk_insert.py")
+    for module_file, name in (
+        ("0018_push_at_insert.py", "task_push_at_insert"),
+        ("0017_push_to_idle_workers.py", "queue_offer"),
+    ):
+        op.execute(helpers._function(helpers._frozen_text(module_file, "UPGRADE"), name))
